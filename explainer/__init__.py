@@ -1,0 +1,19 @@
+"""The explainer: fact table -> versioned prompt -> generator -> grounding check -> text or template sentence."""
+
+from whyrec.explainer.backends import TransformersChatModel, make_chat_model
+from whyrec.explainer.explainer import Explainer
+from whyrec.explainer.facts import build_fact_table, template_sentence
+from whyrec.explainer.grounding import GroundingVerdict, check_grounding
+from whyrec.explainer.templates import PromptTemplateSpec, load_template
+
+__all__ = [
+    "Explainer",
+    "GroundingVerdict",
+    "PromptTemplateSpec",
+    "TransformersChatModel",
+    "build_fact_table",
+    "check_grounding",
+    "load_template",
+    "make_chat_model",
+    "template_sentence",
+]

@@ -1,0 +1,138 @@
+"""Generator backends behind LangChain's chat-model interface, so ``prompt | model | parser`` and
+``.batch()`` read the same for both: in-process transformers (the embedded default) and any
+OpenAI-compatible server (vLLM) given by URL."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from typing import Any, Iterator
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, PrivateAttr
+
+from whyrec.config import Settings
+from whyrec.errors import ConfigError
+
+_ROLE = {"human": "user", "ai": "assistant", "system": "system"}
+
+
+class TransformersChatModel(BaseChatModel):
+    """A local causal LM with a chat template. Greedy decoding, so the same prompt gives the same text.
+
+    ``batch`` pads the prompts together and runs one ``generate``, which is what makes a slate of
+    explanations cheap on a CPU; LangChain's default would run them one by one in threads.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model_path: str
+    device: str = "cpu"
+    max_new_tokens: int = 60
+
+    _model: Any = PrivateAttr(default=None)
+    _tokenizer: Any = PrivateAttr(default=None)
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    def model_post_init(self, __context: Any) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            self._model = AutoModelForCausalLM.from_pretrained(self.model_path).to(self.device)
+        except OSError as exc:
+            raise ConfigError(f"cannot load the generator from '{self.model_path}' ({exc})") from None
+        self._model.eval()
+        self._tokenizer.padding_side = "left"
+        if self._tokenizer.pad_token is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+
+    @property
+    def _llm_type(self) -> str:
+        return "whyrec-transformers"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_path": self.model_path, "max_new_tokens": self.max_new_tokens}
+
+    def _prompt(self, messages: list[BaseMessage]) -> str:
+        chat = [{"role": _ROLE.get(m.type, "user"), "content": m.content} for m in messages]
+        return self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+
+    def generate_texts(self, conversations: list[list[BaseMessage]], streamer=None) -> list[str]:
+        import torch
+
+        prompts = [self._prompt(m) for m in conversations]
+        batch = self._tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        with self._lock, torch.no_grad():
+            output = self._model.generate(
+                **batch,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self._tokenizer.pad_token_id,
+                streamer=streamer,
+            )
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        return [t.strip() for t in self._tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        text = self.generate_texts([messages])[0]
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
+        worker = threading.Thread(target=self.generate_texts, args=([messages], streamer), daemon=True)
+        worker.start()
+        for piece in streamer:
+            if piece:
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                if run_manager:
+                    run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
+        worker.join()
+
+    def batch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False, **kwargs: Any) -> list[BaseMessage]:
+        if len(inputs) <= 1:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        conversations = [self._convert_input(i).to_messages() for i in inputs]
+        return [AIMessage(content=text) for text in self.generate_texts(conversations)]
+
+
+def make_chat_model(settings: Settings, generator_path: str | None = None) -> tuple[BaseChatModel, str]:
+    """The configured backend and the model name to record with each explanation."""
+    if settings.llm_url:
+        from langchain_openai import ChatOpenAI
+
+        name = settings.llm_model or served_model_name(settings.llm_url, settings.llm_api_key, settings.llm_timeout_s)
+        model = ChatOpenAI(
+            base_url=settings.llm_url,
+            api_key=settings.llm_api_key,
+            model=name,
+            temperature=0.0,
+            max_tokens=settings.max_new_tokens,
+            timeout=settings.llm_timeout_s,
+            max_retries=1,
+        )
+        return model, name
+    if generator_path is None:
+        raise ConfigError("no generator: set WHYREC_GENERATOR or WHYREC_LLM_URL")
+    model = TransformersChatModel(model_path=generator_path, device=settings.resolved_device(), max_new_tokens=settings.max_new_tokens)
+    return model, generator_path
+
+
+def served_model_name(base_url: str, api_key: str, timeout: float) -> str:
+    """The first model an OpenAI-compatible server lists under /v1/models."""
+    url = base_url.rstrip("/") + "/models"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = json.load(response)
+        return data["data"][0]["id"]
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        raise ConfigError(f"cannot list models at {url} ({exc}); is the LLM server running? (or set WHYREC_LLM_MODEL)") from None

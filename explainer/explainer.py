@@ -1,0 +1,94 @@
+"""Turns fact tables into shown explanations: a slate goes to the generator as one batch, every
+answer is checked against its facts, failures get one corrective retry, and what still fails is
+replaced by the deterministic template sentence."""
+
+from __future__ import annotations
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+
+from whyrec.explainer.facts import template_sentence
+from whyrec.explainer.grounding import check_grounding, cited_facts
+from whyrec.explainer.parsing import ExplanationParser, ParsedAnswer
+from whyrec.explainer.templates import PromptTemplateSpec
+from whyrec.schema import Attempt, Explanation, ExplanationSource, FactTable
+
+RETRY_INSTRUCTION = (
+    "That sentence was rejected because it {reason}. Write it again: one sentence starting with "
+    "\"Because you\", using only words and names from the facts."
+)
+
+
+class Explainer:
+    def __init__(self, chat_model: BaseChatModel, template: PromptTemplateSpec, model_name: str, concurrency: int = 8):
+        self.chat_model = chat_model
+        self.template = template
+        self.model_name = model_name
+        self.concurrency = concurrency
+        self.parser = ExplanationParser()
+        prompt = template.chat_prompt()
+        self.chain = prompt | chat_model | StrOutputParser()
+        retry_prompt = ChatPromptTemplate.from_messages(
+            [*prompt.messages, ("ai", "{previous}"), ("human", RETRY_INSTRUCTION)]
+        )
+        self.retry_chain = retry_prompt | chat_model | StrOutputParser()
+
+    def variables(self, table: FactTable) -> dict[str, str]:
+        facts = "\n".join(f"[{f.fact_id}] {f.text}" for f in table.facts)
+        title = next((f.value for f in table.facts if f.kind.value == "item_title"), table.item_id)
+        values = {"facts": facts, "item_title": title}
+        return {k: values[k] for k in self.template.variables if k in values}
+
+    def render(self, table: FactTable) -> list[tuple[str, str]]:
+        """The exact messages the generator receives for this table (for the support console)."""
+        return [(m.type, m.content) for m in self.template.chat_prompt().format_messages(**self.variables(table))]
+
+    def explain(self, tables: list[FactTable]) -> list[Explanation]:
+        if not tables:
+            return []
+        config = {"max_concurrency": self.concurrency}
+        inputs = [self.variables(t) for t in tables]
+        first = self.chain.batch(inputs, config=config)
+        attempts: list[list[Attempt]] = [[] for _ in tables]
+        accepted: dict[int, ParsedAnswer] = {}
+        retry: list[int] = []
+        for i, raw in enumerate(first):
+            answer, attempt = self._judge(raw, tables[i])
+            attempts[i].append(attempt)
+            (accepted.__setitem__(i, answer) if attempt.passed else retry.append(i))
+
+        if retry:
+            retry_inputs = [{**inputs[i], "previous": attempts[i][0].text or attempts[i][0].raw_output, "reason": _reason_phrase(attempts[i][0].reason)} for i in retry]
+            for i, raw in zip(retry, self.retry_chain.batch(retry_inputs, config=config)):
+                answer, attempt = self._judge(raw, tables[i])
+                attempts[i].append(attempt)
+                if attempt.passed:
+                    accepted[i] = answer
+
+        explanations = []
+        for i, table in enumerate(tables):
+            if i in accepted:
+                answer = accepted[i]
+                by_id = table.by_id()
+                ids = [f for f in answer.fact_ids if f in by_id] or cited_facts(answer.text, table)
+                explanations.append(
+                    Explanation(answer.text, ExplanationSource.LLM, True, tuple(by_id[f] for f in ids), self.template.label, self.model_name, tuple(attempts[i]))
+                )
+            else:
+                text, facts = template_sentence(table)
+                explanations.append(
+                    Explanation(text, ExplanationSource.TEMPLATE, False, facts, self.template.label, self.model_name, tuple(attempts[i]))
+                )
+        return explanations
+
+    def _judge(self, raw: str, table: FactTable) -> tuple[ParsedAnswer, Attempt]:
+        answer = self.parser.parse(raw)
+        verdict = check_grounding(answer.text, table)
+        return answer, Attempt(raw_output=raw, text=answer.text, passed=verdict.passed, reason=verdict.reason)
+
+
+def _reason_phrase(reason: str) -> str:
+    if reason.startswith("not in the facts: "):
+        return "used words that are not in the facts (" + reason[len("not in the facts: ") :] + ")"
+    return reason

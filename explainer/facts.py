@@ -1,0 +1,113 @@
+"""The fact table for one (shopper, item): the only things an explanation may say, each with an id."""
+
+from __future__ import annotations
+
+import re
+
+from whyrec.catalog import EventKind, Item
+from whyrec.schema import Fact, FactKind, FactTable, RankedItem
+
+MAX_ATTRIBUTES = 4
+MAX_HISTORY_FACTS = 2
+PHRASE_CHARS = 160
+
+_PAST_TENSE = {
+    EventKind.PURCHASE: "bought",
+    EventKind.CART: "added to your cart",
+    EventKind.CLICK: "clicked on",
+    EventKind.VIEW: "looked at",
+}
+
+
+def short_title(item: Item, limit: int = 60) -> str:
+    """The title up to its first comma or bracket: product titles are long, a sentence wants the name."""
+    head = re.split(r"[,(\[]| - ", item.title, maxsplit=1)[0].strip()
+    if len(head) < 8:
+        head = item.title
+    return head if len(head) <= limit else head[:limit].rsplit(" ", 1)[0]
+
+
+def description_phrase(item: Item) -> str:
+    """The description's first sentence, as plain text. Seller text: quoted data, never instructions."""
+    text = re.sub(r"<[^>]*>", " ", item.description)
+    text = " ".join(text.split())
+    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    return first[:PHRASE_CHARS].rsplit(" ", 1)[0] if len(first) > PHRASE_CHARS else first
+
+
+def build_fact_table(
+    user_id: str,
+    item: Item,
+    ranked: RankedItem,
+    history: list[tuple[Item, EventKind]],
+) -> FactTable:
+    """`history` holds the shopper's recent items with the strongest event for each."""
+    facts: list[Fact] = []
+
+    def add(kind: FactKind, text: str, value: str = "", about_history: bool = False) -> None:
+        facts.append(Fact(f"F{len(facts) + 1}", kind, text, value, about_history))
+
+    add(FactKind.ITEM_TITLE, f'The recommended item is "{short_title(item)}".', short_title(item))
+    if item.brand:
+        add(FactKind.ITEM_BRAND, f"It is made by {item.brand}.", item.brand)
+    if item.category:
+        add(FactKind.ITEM_CATEGORY, f"It is in the category {item.category}.", item.category)
+    if item.price is not None:
+        add(FactKind.ITEM_PRICE, f"It costs {item.price:.2f}.", f"{item.price:.2f}")
+    for key, value in list(item.attributes.items())[:MAX_ATTRIBUTES]:
+        label = key.replace("_", " ")
+        add(FactKind.ITEM_ATTRIBUTE, f"Its {label} is {value}.", f"{label} {value}")
+    phrase = description_phrase(item)
+    if phrase:
+        add(FactKind.ITEM_PHRASE, f'The seller describes it as: "{phrase}"', phrase)
+
+    by_id = {h.item_id: (h, kind) for h, kind in history}
+    drivers = [a for a in ranked.attributions if a.contribution > 0 and a.history_item_id in by_id][:MAX_HISTORY_FACTS]
+    if not drivers:
+        # No history item raised the score on its own; cite the one retrieval matched.
+        drivers_ids = [i for i in ranked.matched_history if i in by_id][:1]
+    else:
+        drivers_ids = [a.history_item_id for a in drivers]
+    for history_id in drivers_ids:
+        h, kind = by_id[history_id]
+        add(FactKind.HISTORY_ITEM, f'You {_PAST_TENSE[kind]} "{short_title(h)}".', short_title(h), about_history=True)
+        if item.brand and h.brand and item.brand.lower() == h.brand.lower():
+            add(FactKind.SHARED_BRAND, f'Like "{short_title(h)}", it is made by {item.brand}.', item.brand, about_history=True)
+        if item.category and h.category == item.category:
+            add(FactKind.SHARED_CATEGORY, f'Like "{short_title(h)}", it is in the category {item.category}.', item.category, about_history=True)
+
+    add(FactKind.RANK, f"It is ranked #{ranked.rank} of {ranked.candidates_scored} candidates for you.", str(ranked.rank))
+    for attribution in drivers[:1]:
+        h, _ = by_id[attribution.history_item_id]
+        if attribution.rank_without is not None and attribution.rank_without > ranked.rank:
+            add(
+                FactKind.COUNTERFACTUAL,
+                f'Without "{short_title(h)}" in your history it would rank #{attribution.rank_without} instead of #{ranked.rank}.',
+                str(attribution.rank_without),
+                about_history=True,
+            )
+    return FactTable(user_id, item.item_id, tuple(facts))
+
+
+def template_sentence(table: FactTable) -> tuple[str, tuple[Fact, ...]]:
+    """A deterministic sentence built only from the facts, and the facts it uses."""
+    kinds: dict[FactKind, Fact] = {}
+    for fact in table.facts:
+        kinds.setdefault(fact.kind, fact)
+    history = kinds.get(FactKind.HISTORY_ITEM)
+    if history is None:
+        category = kinds.get(FactKind.ITEM_CATEGORY)
+        if category:
+            return f"Suggested from your recent activity in {category.value}.", (category,)
+        return "Suggested from your recent activity.", ()
+    # "You bought "X"." -> "Because you bought "X""
+    sentence = "Because you " + history.text[len("You ") :].rstrip(".")
+    used = [history]
+    shared_brand, shared_category = kinds.get(FactKind.SHARED_BRAND), kinds.get(FactKind.SHARED_CATEGORY)
+    if shared_brand:
+        sentence += f", another {shared_brand.value} product"
+        used.append(shared_brand)
+    elif shared_category:
+        sentence += f", something else in {shared_category.value}"
+        used.append(shared_category)
+    return sentence + ".", tuple(used)

@@ -1,0 +1,57 @@
+"""Reads the generator's answer into (text, cited fact ids), tolerating small models' slips:
+JSON or not, a label like "Explanation:", quotes around the sentence, trailing chatter."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from langchain_core.output_parsers import BaseOutputParser
+
+_LABEL = re.compile(r"^\s*(?:why you see this|explanation|answer|note|sentence|output)\s*[:\-]\s*", re.IGNORECASE)
+_FACT_REF = re.compile(r"\[?\b(F\d{1,3})\b\]?")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+MAX_SENTENCES = 2
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    raw: str
+    text: str
+    fact_ids: tuple[str, ...]
+
+
+class ExplanationParser(BaseOutputParser[ParsedAnswer]):
+    def parse(self, text: str) -> ParsedAnswer:
+        raw = text
+        body, fact_ids = _from_json(text)
+        if body is None:
+            body = text
+            fact_ids = tuple(dict.fromkeys(_FACT_REF.findall(text)))
+        body = _FACT_REF.sub("", body)
+        lines = [line.strip() for line in body.strip().splitlines() if line.strip()]
+        body = _LABEL.sub("", lines[0]) if lines else ""
+        body = body.strip().strip('"“”\'').strip()
+        sentences = _SENTENCE_END.split(body)
+        body = " ".join(sentences[:MAX_SENTENCES]).strip()
+        body = re.sub(r"\s+([.,;:!?])", r"\1", re.sub(r"\(\s*\)", "", body))
+        return ParsedAnswer(raw=raw, text=" ".join(body.split()), fact_ids=fact_ids)
+
+    @property
+    def _type(self) -> str:
+        return "whyrec-explanation"
+
+
+def _from_json(text: str) -> tuple[str | None, tuple[str, ...]]:
+    match = re.search(r"\{.*\}", text, re.DOTALL)
+    if not match:
+        return None, ()
+    try:
+        data = json.loads(match.group(0))
+    except json.JSONDecodeError:
+        return None, ()
+    if not isinstance(data, dict) or not isinstance(data.get("text"), str):
+        return None, ()
+    facts = data.get("facts") or data.get("fact_ids") or []
+    return data["text"], tuple(str(f) for f in facts if isinstance(f, (str, int)))

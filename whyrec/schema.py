@@ -1,0 +1,142 @@
+"""What the stages hand each other: candidates from retrieval, ranked items from the ranker,
+fact tables and explanations from the explainer, and the recommendation the pipeline returns."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Candidate:
+    item_id: str
+    score: float
+    matched_history: tuple[str, ...] = ()  # history item ids this candidate was found through, best first
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """How much one history item moved a ranked item: its score with and without that history item."""
+
+    history_item_id: str
+    contribution: float  # score(full history) - score(history without this item); > 0 means it helped
+    rank_without: int | None = None  # the ranked item's rank had this history item been left out
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    item_id: str
+    rank: int  # 1-based, among all scored candidates
+    retrieval_score: float
+    ranker_score: float
+    matched_history: tuple[str, ...] = ()
+    attributions: tuple[Attribution, ...] = ()  # sorted, most positive contribution first
+    candidates_scored: int = 0
+
+    @property
+    def top_attribution(self) -> Attribution | None:
+        return self.attributions[0] if self.attributions else None
+
+
+class FactKind(str, Enum):
+    ITEM_TITLE = "item_title"
+    ITEM_BRAND = "item_brand"
+    ITEM_CATEGORY = "item_category"
+    ITEM_PRICE = "item_price"
+    ITEM_ATTRIBUTE = "item_attribute"
+    ITEM_PHRASE = "item_phrase"
+    HISTORY_ITEM = "history_item"
+    SHARED_BRAND = "shared_brand"
+    SHARED_CATEGORY = "shared_category"
+    RANK = "rank"
+    COUNTERFACTUAL = "counterfactual"
+    POPULAR = "popular"
+
+
+@dataclass(frozen=True)
+class Fact:
+    fact_id: str  # "F1", "F2", ... stable within one fact table
+    kind: FactKind
+    text: str  # the fact as a plain sentence, the only form the LLM sees
+    value: str = ""  # the bare value (a brand, a title, a number) the grounding check matches
+    about_history: bool = False  # true for facts that come from the shopper's own history
+
+
+@dataclass(frozen=True)
+class FactTable:
+    user_id: str
+    item_id: str
+    facts: tuple[Fact, ...]
+
+    def by_id(self) -> dict[str, Fact]:
+        return {f.fact_id: f for f in self.facts}
+
+    def history_facts(self) -> list[Fact]:
+        return [f for f in self.facts if f.about_history]
+
+
+class ExplanationSource(str, Enum):
+    LLM = "llm"
+    TEMPLATE = "template"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    text: str
+    source: ExplanationSource
+    # The generator's answer passed the grounding check and is the text shown. False means it failed
+    # (twice) and the shown text is the template sentence, which is built from the facts alone.
+    grounded: bool
+    facts: tuple[Fact, ...]  # the facts the shown text rests on
+    prompt_version: str = ""
+    model: str = ""
+    attempts: tuple["Attempt", ...] = ()  # every LLM answer and its verdict, shown or not
+
+
+@dataclass(frozen=True)
+class Attempt:
+    raw_output: str
+    text: str
+    passed: bool
+    reason: str  # why the grounding check failed, or "ok"
+
+
+@dataclass(frozen=True)
+class RecommendedItem:
+    item_id: str
+    title: str
+    ranked: RankedItem
+    explanation: Explanation
+
+    def to_dict(self) -> dict[str, Any]:
+        """The CLI/API JSON shape."""
+        return {
+            "item_id": self.item_id,
+            "title": self.title,
+            "rank": self.ranked.rank,
+            "scores": {"retrieval": round(self.ranked.retrieval_score, 6), "ranker": round(self.ranked.ranker_score, 6)},
+            "attributions": [asdict(a) for a in self.ranked.attributions],
+            "explanation": {
+                "text": self.explanation.text,
+                "source": self.explanation.source.value,
+                "grounded": self.explanation.grounded,
+                "facts": [_fact_dict(f) for f in self.explanation.facts],
+                "prompt_version": self.explanation.prompt_version,
+                "model": self.explanation.model,
+                "attempts": [asdict(a) for a in self.explanation.attempts],
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    user_id: str
+    items: list[RecommendedItem] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "items": [i.to_dict() for i in self.items]}
+
+
+def _fact_dict(fact: Fact) -> dict[str, Any]:
+    return {"id": fact.fact_id, "kind": fact.kind.value, "text": fact.text}
