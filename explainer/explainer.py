@@ -15,8 +15,7 @@ from whyrec.explainer.templates import PromptTemplateSpec
 from whyrec.schema import Attempt, Explanation, ExplanationSource, FactTable
 
 RETRY_INSTRUCTION = (
-    "That sentence was rejected because it {reason}. Write it again: one sentence starting with "
-    "\"Because you\", using only words and names from the facts."
+    "That note was rejected because it {reason}. Write the note again, using only words and names from the facts."
 )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from whyrec.schema import FactTable
+from whyrec.schema import FactKind, FactTable
 
 # Words that carry no product claim: grammar, the framing of a recommendation, and event verbs.
 CONNECTIVES = frozenset(
@@ -47,10 +47,16 @@ class GroundingVerdict:
 
 
 def _stem(word: str) -> str:
-    word = word.replace("’", "'")
-    for suffix in ("'s", "ies", "es", "s"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    """Plural and possessive folding, enough to match "lamps" to "lamp" and "boxes" to "box"."""
+    word = word.replace("’", "'").removesuffix("'s")
+    if len(word) <= 3:
+        return word
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith(("ses", "xes", "zes", "ches", "shes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
     return word
 
 
@@ -62,11 +68,14 @@ def _numbers(text: str) -> set[str]:
     return {n.replace(",", "") for n in _NUMBER.findall(text)}
 
 
+_CONNECTIVE_STEMS = frozenset(_stem(w) for w in CONNECTIVES)
+
+
 def check_grounding(text: str, table: FactTable) -> GroundingVerdict:
     if not text.strip():
         return GroundingVerdict(False, "empty text")
     fact_text = " ".join(f"{f.text} {f.value}" for f in table.facts)
-    supported = {_stem(w) for w in _words(fact_text)} | {_stem(w) for w in CONNECTIVES}
+    supported = {_stem(w) for w in _words(fact_text)} | _CONNECTIVE_STEMS
 
     unsupported_numbers = sorted(_numbers(text) - _numbers(fact_text))
     unsupported_words = []
@@ -86,24 +95,33 @@ def check_grounding(text: str, table: FactTable) -> GroundingVerdict:
 
 
 def _cites_history(text: str, table: FactTable) -> bool:
-    """The text names a history fact's value: most of a history item's name, or a shared brand/category."""
-    text_words = {_stem(w) for w in _words(text)} - {_stem(w) for w in CONNECTIVES}
-    for fact in table.history_facts():
-        value_words = {_stem(w) for w in _words(fact.value)} - {_stem(w) for w in CONNECTIVES}
-        if not value_words:
+    """The text names a history item: enough of the words that set its name apart from the
+    recommended item's own name and brand (so "another Lumora lamp" alone does not count)."""
+    text_words = _content_stems(text)
+    own = set()
+    for fact in table.facts:
+        if fact.kind in (FactKind.ITEM_TITLE, FactKind.ITEM_BRAND):
+            own |= _content_stems(fact.value)
+    for fact in table.facts:
+        if fact.kind is not FactKind.HISTORY_ITEM:
             continue
-        needed = min(2, len(value_words))
-        if len(text_words & value_words) >= needed:
+        name = _content_stems(fact.value)
+        distinctive = name - own or name
+        if distinctive and len(text_words & distinctive) >= min(2, len(distinctive)):
             return True
     return False
 
 
+def _content_stems(text: str) -> set[str]:
+    return {_stem(w) for w in _words(text)} - _CONNECTIVE_STEMS
+
+
 def cited_facts(text: str, table: FactTable) -> list[str]:
     """Ids of the facts whose values the text uses (for models that do not list their sources)."""
-    text_words = {_stem(w) for w in _words(text)} - {_stem(w) for w in CONNECTIVES}
+    text_words = _content_stems(text)
     ids = []
     for fact in table.facts:
-        value_words = {_stem(w) for w in _words(fact.value)} - {_stem(w) for w in CONNECTIVES}
+        value_words = _content_stems(fact.value)
         if value_words and len(text_words & value_words) >= min(2, len(value_words)):
             ids.append(fact.fact_id)
     return ids

@@ -1,0 +1,74 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WHYREC = [sys.executable, "-m", "whyrec.cli"]
+
+
+def _run(args, cache_dir, timeout=600):
+    env = {**os.environ, "WHYREC_CACHE_DIR": str(cache_dir), "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run([*WHYREC, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.mark.integration
+def test_recommend_json_returns_k_explained_items(office_slice, cache_dir, slice_training):
+    user = next(iter(json.loads((office_slice / "Office.inter.json").read_text())))
+    done = _run(["recommend", "--data", str(office_slice), "--user", user, "-k", "3", "--json"], cache_dir)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["user_id"] == user and len(result["items"]) == 3
+    assert [i["rank"] for i in result["items"]] == [1, 2, 3]
+    for item in result["items"]:
+        assert set(item["scores"]) == {"retrieval", "ranker"}
+        explanation = item["explanation"]
+        assert explanation["text"] and explanation["source"] in {"llm", "template"} and explanation["facts"]
+        assert explanation["grounded"] == (explanation["source"] == "llm")
+    assert "training one now" not in done.stderr  # the session's checkpoint was reused
+
+
+@pytest.mark.integration
+def test_explain_ranks_an_item_outside_the_top_k(office_slice, cache_dir, slice_catalog, slice_recommender):
+    user = slice_catalog.users[0]
+    shown = {i.item_id for i in slice_recommender.recommend(user, 3).items}
+    history = set(slice_catalog.sequence(user))
+    outsider = next(i for i in reversed(list(slice_catalog.items)) if i not in shown and i not in history)
+    done = _run(["explain", "--data", str(office_slice), "--user", user, "--item", outsider, "--json"], cache_dir)
+    assert done.returncode == 0, done.stderr
+    entry = json.loads(done.stdout)
+    assert entry["item_id"] == outsider and entry["rank"] > 3 and entry["explanation"]["text"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--user", "no-such-shopper"], "unknown shopper 'no-such-shopper'"),
+        (["--user", "__FIRST__", "--item", "no-such-item"], "unknown item 'no-such-item'"),
+    ],
+)
+@pytest.mark.integration
+def test_unknown_ids_give_a_one_line_error_without_a_traceback(args, message, office_slice, cache_dir, slice_training):
+    user = next(iter(json.loads((office_slice / "Office.inter.json").read_text())))
+    args = [user if a == "__FIRST__" else a for a in args]
+    command = "explain" if "--item" in args else "recommend"
+    done = _run([command, "--data", str(office_slice), *args], cache_dir)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == f"error: {message}: " + (
+        "no interactions for this id in the loaded data" if "shopper" in message else "not in the loaded catalog"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_data_folder_is_a_one_line_error(tmp_path):
+    done = _run(["recommend", "--data", str(tmp_path / "nope"), "--user", "1"], tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "not a folder" in done.stderr
+
+
+def test_help_lists_the_command_tree(tmp_path):
+    done = _run(["--help"], tmp_path)
+    for command in ("recommend", "explain", "train", "models", "demo"):
+        assert command in done.stdout

@@ -1,0 +1,118 @@
+import pytest
+
+from whyrec.catalog import EventKind, Item
+from whyrec.errors import ConfigError
+from whyrec.explainer import build_fact_table, check_grounding, load_template, template_sentence
+from whyrec.explainer.parsing import ExplanationParser
+from whyrec.explainer.templates import parse_template
+from whyrec.schema import Attribution, FactKind, RankedItem
+
+LAMP = Item("lamp", "Lumora LED Desk Lamp, Warm White", "Lumora", ("Office", "Lighting", "Desk Lamps"), "A dimmable lamp for desks. Second sentence.", 39.0, {"color": "white"})
+STAND = Item("stand", "Oakline Monitor Stand", "Oakline", ("Office", "Desk Setup", "Monitor Stands"))
+OLD_LAMP = Item("old", "Lumora Clip Lamp", "Lumora", ("Office", "Lighting", "Desk Lamps"))
+
+
+def _table(attributions=(Attribution("old", 0.8, 12), Attribution("stand", 0.1, 3))):
+    ranked = RankedItem("lamp", 2, 0.7, 3.1, ("old",), tuple(attributions), candidates_scored=50)
+    return build_fact_table("u1", LAMP, ranked, [(STAND, EventKind.VIEW), (OLD_LAMP, EventKind.PURCHASE)])
+
+
+def test_fact_table_names_the_item_its_drivers_and_what_they_share():
+    table = _table()
+    kinds = [f.kind for f in table.facts]
+    assert FactKind.ITEM_BRAND in kinds and FactKind.ITEM_PRICE in kinds and FactKind.ITEM_ATTRIBUTE in kinds
+    history = {f.text for f in table.history_facts()}
+    assert 'You bought "Lumora Clip Lamp".' in history
+    assert 'Like "Lumora Clip Lamp", it is made by Lumora.' in history
+    assert 'Without "Lumora Clip Lamp" in your history it would rank #12 instead of #2.' in history
+    assert [f.fact_id for f in table.facts] == [f"F{i}" for i in range(1, len(table.facts) + 1)]
+
+
+def test_history_items_that_lowered_the_score_are_not_cited():
+    table = _table((Attribution("old", -0.4, 1), Attribution("stand", 0.3, 5)))
+    assert {f.value for f in table.facts if f.kind is FactKind.HISTORY_ITEM} == {"Oakline Monitor Stand"}
+
+
+def test_description_phrase_is_the_first_sentence_only():
+    phrases = [f.value for f in _table().facts if f.kind is FactKind.ITEM_PHRASE]
+    assert phrases == ["A dimmable lamp for desks."]
+
+
+def test_grounding_accepts_a_sentence_built_from_the_facts():
+    verdict = check_grounding("Because you bought the Lumora Clip Lamp, here is another Lumora desk lamp.", _table())
+    assert verdict.passed, verdict.reason
+
+
+@pytest.mark.parametrize(
+    "text, word",
+    [
+        ("Because you bought the Lumora Clip Lamp, here is a black Lumora lamp.", "black"),
+        ("Because you bought the Lumora Clip Lamp, this large Lumora lamp fits.", "large"),
+        ("Because you bought the Lumora Clip Lamp, this waterproof lamp is for you.", "waterproof"),
+        ("Because you bought the Lumora Clip Lamp, this lamp costs 25.00.", "25.00"),
+        ("Because you bought 3 Lumora Clip Lamps, here is another.", "3"),
+    ],
+)
+def test_grounding_rejects_an_invented_attribute(text, word):
+    verdict = check_grounding(text, _table())
+    assert not verdict.passed and word in verdict.unsupported
+
+
+def test_grounding_rejects_text_that_never_mentions_the_shoppers_history():
+    verdict = check_grounding("The Lumora LED Desk Lamp is made by Lumora.", _table())
+    assert not verdict.passed and "history" in verdict.reason
+
+
+def test_the_template_sentence_passes_the_grounding_check():
+    text, facts = template_sentence(_table())
+    assert text == 'Because you bought "Lumora Clip Lamp", another Lumora product.'
+    assert check_grounding(text, _table()).passed
+    assert {f.kind for f in facts} == {FactKind.HISTORY_ITEM, FactKind.SHARED_BRAND}
+
+
+@pytest.mark.parametrize(
+    "raw, text, ids",
+    [
+        ('Explanation: "Because you bought X." [F3]', "Because you bought X.", ("F3",)),
+        ('{"text": "Because you bought X.", "facts": ["F1", "F4"]}', "Because you bought X.", ("F1", "F4")),
+        ("Because you bought X. It is great. It is cheap. More.", "Because you bought X. It is great.", ()),
+        ("\n\nBecause you bought X.\nNote: ignore this line", "Because you bought X.", ()),
+    ],
+)
+def test_parser_tolerates_formatting_slips(raw, text, ids):
+    parsed = ExplanationParser().parse(raw)
+    assert (parsed.text, parsed.fact_ids) == (text, ids)
+
+
+def test_templates_load_from_the_package_as_chat_prompts():
+    spec = load_template("shopper")
+    assert spec.version >= 1 and "facts" in spec.variables
+    messages = spec.chat_prompt().format_messages(facts="[F1] x")
+    assert messages[-1].content.startswith("Facts:\n[F1] x")
+
+
+def test_a_template_whose_variables_do_not_match_its_messages_is_rejected():
+    text = "name: t\nversion: 1\nvariables: [facts]\nmessages:\n  - role: human\n    content: 'Hi {shopper_name}'\n"
+    with pytest.raises(ConfigError, match="shopper_name"):
+        parse_template(text, "t.v1.yaml")
+
+
+def test_an_unknown_template_version_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="available"):
+        load_template("shopper", 999)
+
+
+@pytest.mark.integration
+def test_slate_explanations_are_grounded_or_marked_as_template(slice_recommender, slice_catalog):
+    result = slice_recommender.recommend(slice_catalog.users[0], k=4)
+    assert len(result.items) == 4
+    for entry in result.items:
+        explanation = entry.explanation
+        assert explanation.text and explanation.attempts
+        if explanation.source.value == "llm":
+            assert explanation.grounded and explanation.attempts[-1].passed
+        else:
+            assert not explanation.grounded and not any(a.passed for a in explanation.attempts)
+            assert len(explanation.attempts) == 2  # one retry before the template
+        table_ids = {f.fact_id for f in explanation.facts}
+        assert table_ids, "every shown text cites at least one fact"

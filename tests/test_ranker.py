@@ -1,0 +1,59 @@
+from pathlib import Path
+
+from whyrec.ranker import CrossEncoderRanker
+from whyrec.ranker.model import CHECKPOINT_META
+
+
+def test_training_reports_validation_ndcg_per_epoch_and_saves_the_best(slice_training):
+    assert 1 <= len(slice_training.epochs) <= 2
+    assert all(0.0 <= e.val_ndcg10 <= 1.0 for e in slice_training.epochs)
+    assert slice_training.best_val_ndcg10 == max(e.val_ndcg10 for e in slice_training.epochs)
+    assert (Path(slice_training.checkpoint) / CHECKPOINT_META).exists()
+
+
+def test_a_saved_checkpoint_is_reused_not_retrained(slice_settings, slice_catalog, slice_retriever, slice_training):
+    from whyrec.pipeline import load_ranker
+
+    meta = Path(slice_training.checkpoint) / CHECKPOINT_META
+    before = meta.stat().st_mtime_ns
+    load_ranker(slice_settings.model_copy(update={"auto_train": False}), slice_catalog, slice_retriever)
+    assert meta.stat().st_mtime_ns == before
+
+
+def test_checkpoint_scores_match_the_trained_model(slice_training, slice_ranker, slice_catalog):
+    reloaded = CrossEncoderRanker.load(Path(slice_training.checkpoint))
+    items = list(slice_catalog.items.values())
+    a = slice_ranker.score(items[:3], items[3:8])
+    b = reloaded.score(items[:3], items[3:8])
+    assert abs(a - b).max() < 0.05  # bf16 on some CPUs; fp32 elsewhere
+
+
+def _ranked_for(user, catalog, retriever, ranker, k=3):
+    history = catalog.sequence(user)
+    candidates = retriever.candidates(history, 20)
+    return history, ranker.rank([catalog.items[i] for i in history], candidates, catalog.items, attribute=k)
+
+
+def test_rank_sorts_by_ranker_score_and_attributes_the_top_items(slice_catalog, slice_retriever, slice_ranker):
+    _, ranked = _ranked_for(slice_catalog.users[2], slice_catalog, slice_retriever, slice_ranker)
+    assert [r.rank for r in ranked] == list(range(1, len(ranked) + 1))
+    scores = [r.ranker_score for r in ranked]
+    assert scores == sorted(scores, reverse=True)
+    assert all(r.attributions for r in ranked[:3]) and not ranked[3].attributions
+
+
+def test_removing_the_top_attributed_history_item_lowers_the_items_score(slice_catalog, slice_retriever, slice_ranker):
+    checked = 0
+    for user in slice_catalog.users[:10]:
+        history, ranked = _ranked_for(user, slice_catalog, slice_retriever, slice_ranker, k=1)
+        top = ranked[0]
+        best = top.top_attribution
+        if len(history) < 2 or best.contribution < 0.02:  # below bf16 noise
+            continue
+        item = slice_catalog.items[top.item_id]
+        history_items = [slice_catalog.items[i] for i in history][-slice_ranker.history_window :]
+        full = slice_ranker.score(history_items, [item])[0]
+        without = slice_ranker.score([h for h in history_items if h.item_id != best.history_item_id], [item])[0]
+        assert without < full
+        checked += 1
+    assert checked >= 5

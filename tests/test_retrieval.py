@@ -1,0 +1,38 @@
+import numpy as np
+
+from whyrec.retrieval import ItemIndex
+
+
+def test_candidates_exclude_history_and_requested_items(slice_catalog, slice_retriever):
+    user = slice_catalog.users[0]
+    history = slice_catalog.sequence(user)
+    blocked = {slice_retriever.candidates(history, 5)[0].item_id}
+    found = slice_retriever.candidates(history, 20, exclude=blocked)
+    ids = [c.item_id for c in found]
+    assert len(ids) == 20 and not (set(ids) & (set(history) | blocked))
+
+
+def test_candidates_are_sorted_by_score_and_name_history_items_they_matched(slice_catalog, slice_retriever):
+    history = slice_catalog.sequence(slice_catalog.users[1])
+    found = slice_retriever.candidates(history, 10)
+    scores = [c.score for c in found]
+    assert scores == sorted(scores, reverse=True)
+    assert all(c.matched_history and set(c.matched_history) <= set(history) for c in found)
+
+
+def test_the_nearest_item_to_a_single_history_item_is_its_nearest_neighbour(slice_catalog, slice_retriever):
+    index = slice_retriever.index
+    anchor = index.item_ids[0]
+    sims = index.vectors @ index.vector(anchor)
+    sims[index.position[anchor]] = -np.inf
+    expected = index.item_ids[int(np.argmax(sims))]
+    assert slice_retriever.candidates([anchor], 1)[0].item_id == expected
+
+
+def test_index_survives_a_save_and_load(tmp_path, slice_retriever):
+    index = slice_retriever.index
+    index.save(tmp_path)
+    loaded = ItemIndex.load(tmp_path)
+    query = index.vector(index.item_ids[3])
+    assert loaded.item_ids == index.item_ids
+    assert loaded.search(query, 5) == index.search(query, 5)
