@@ -1,8 +1,11 @@
 """Fine-tune the cross-encoder on a shop's interactions with a listwise softmax loss.
 
-Each training group is one shopper's next item (the positive) against hard negatives drawn from
-the retrieval candidates for the same history (plus a few random items), scored together and
-trained with cross-entropy over the group. Validation reranks the retrieval candidates of held-out
+The ranker only ever reorders retrieval's candidates, so it is trained on that task: a training
+group is a point in a shopper's sequence where the next item (the positive) is among the retrieval
+candidates for the history before it, against negatives drawn from the same candidates (plus one
+random item), scored together and trained with cross-entropy over the group. Training on positives
+that retrieval missed would teach it that a high retrieval score means "wrong", which is false on
+the candidates it is actually shown. Validation reranks the retrieval candidates of held-out
 shoppers and reports NDCG@10; training stops early when it stops improving, and only the best
 epoch's checkpoint is kept.
 """
@@ -23,22 +26,21 @@ from tqdm.auto import tqdm
 from whyrec.catalog import Catalog
 from whyrec.metrics import mean, ndcg_at
 from whyrec.ranker.model import CrossEncoderRanker, candidate_text, history_text
-from whyrec.schema import Candidate
+from whyrec.schema import Candidate, CandidateSource
 from whyrec.split import Case, Split
-
-CandidateFn = Callable[[list[str], int, set[str]], list[Candidate]]
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 3
-    negatives: int = 7  # per positive; about 3/4 hard (from retrieval), the rest random
+    negatives: int = 7  # per positive: all but one from the same retrieval candidates, one random
     groups_per_step: int = 4
     learning_rate: float = 5e-5
     max_groups_per_epoch: int = 1200  # a fresh random sample of shoppers each epoch
     val_cases: int = 150
     val_candidates: int = 30
-    hard_pool: int = 30  # retrieval depth the hard negatives come from
+    hard_pool: int = 50  # retrieval depth a positive must reach and the hard negatives come from
+    max_prefixes_per_user: int = 10  # most recent sequence positions per shopper turned into groups
     patience: int = 1
     seed: int = 0
 
@@ -76,7 +78,7 @@ def train_ranker(
     ranker: CrossEncoderRanker,
     catalog: Catalog,
     split: Split,
-    candidate_fn: CandidateFn,
+    source: CandidateSource,
     out_dir: Path,
     config: TrainConfig = TrainConfig(),
     metadata: dict | None = None,
@@ -86,20 +88,24 @@ def train_ranker(
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
 
-    groups = _training_groups(split, candidate_fn, config.hard_pool)
+    groups = _training_groups(split, source, config.hard_pool, config.max_prefixes_per_user)
     if not groups:
-        raise ValueError("no shopper has two or more training items: nothing to train on")
+        raise ValueError("no training position has its next item among the retrieval candidates: nothing to train on")
     val_cases = sorted(split.valid, key=lambda c: c.user_id)
     rng.shuffle(val_cases)
     val_cases = val_cases[: config.val_cases]
-    val_slates = [(case, candidate_fn(case.history, config.val_candidates, set())) for case in val_cases]
+    val_slates = [(case, source.candidates(case.history, config.val_candidates)) for case in val_cases]
 
     baseline = _val_ndcg(None, catalog, val_slates)
     report = TrainReport(checkpoint=str(out_dir), baseline_val_ndcg10=baseline)
-    log(f"training on {len(groups)} shoppers ({min(len(groups), config.max_groups_per_epoch)} per epoch), "
+    log(f"training on {len(groups)} sequence positions whose next item retrieval finds ({min(len(groups), config.max_groups_per_epoch)} per epoch), "
         f"validating on {len(val_slates)}; val NDCG@10 of the retrieval order: {baseline:.4f}")
 
-    optimizer = torch.optim.AdamW(ranker.model.parameters(), lr=config.learning_rate)
+    # The retrieval weight is one scalar around 20: it needs a far larger step than BERT's weights.
+    optimizer = torch.optim.AdamW(
+        [{"params": list(ranker.model.parameters())}, {"params": [ranker.retrieval_weight], "lr": 0.05, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+    )
     all_items = list(catalog.items)
     best, stale = -1.0, 0
     for epoch in range(1, config.epochs + 1):
@@ -110,14 +116,15 @@ def train_ranker(
         ranker.model.train()
         bar = tqdm(steps, desc=f"epoch {epoch}/{config.epochs}", unit="step", file=sys.stderr, dynamic_ncols=True)
         for step in bar:
-            queries, docs = [], []
+            queries, docs, retrieval = [], [], []
             for group in step:
                 negatives = _negatives(group, config.negatives, all_items, rng)
                 query = history_text([catalog.items[i] for i in group.history[-ranker.history_window :]])
                 for item_id in [group.positive, *negatives]:
                     queries.append(query)
                     docs.append(candidate_text(catalog.items[item_id]))
-            logits = ranker.forward(ranker.encode(queries, docs)).view(len(step), config.negatives + 1)
+                    retrieval.append(source.score(group.history, item_id))
+            logits = ranker.forward(ranker.encode(queries, docs), retrieval).view(len(step), config.negatives + 1)
             # The positive sits at column 0 of every group.
             loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(step), dtype=torch.long, device=logits.device))
             loss.backward()
@@ -145,21 +152,20 @@ def train_ranker(
     return report
 
 
-def _training_groups(split: Split, candidate_fn: CandidateFn, pool: int) -> list[_Group]:
+def _training_groups(split: Split, source: CandidateSource, pool: int, max_prefixes: int) -> list[_Group]:
     groups = []
     for user in sorted(split.train):
         sequence = split.train[user]
-        if len(sequence) < 2:
-            continue
-        history, positive = sequence[:-1], sequence[-1]
-        hard = [c.item_id for c in candidate_fn(history, pool, {positive})]
-        groups.append(_Group(history, positive, hard))
+        for t in range(max(1, len(sequence) - max_prefixes), len(sequence)):
+            history, positive = sequence[:t], sequence[t]
+            hard = [c.item_id for c in source.candidates(history, pool) if c.item_id != positive]
+            if len(hard) < pool:  # the positive was among the candidates
+                groups.append(_Group(history, positive, hard))
     return groups
 
 
 def _negatives(group: _Group, count: int, all_items: list[str], rng: random.Random) -> list[str]:
-    n_hard = min(len(group.hard), max(1, (count * 3) // 4))
-    chosen = rng.sample(group.hard, n_hard)
+    chosen = rng.sample(group.hard, min(len(group.hard), count - 1))
     taken = set(chosen) | set(group.history) | {group.positive}
     while len(chosen) < count:
         item_id = rng.choice(all_items)
@@ -178,7 +184,7 @@ def _val_ndcg(ranker: CrossEncoderRanker | None, catalog: Catalog, slates: list[
             values.append(0.0)
             continue
         if ranker is not None:
-            scores = ranker.score([catalog.items[i] for i in case.history], [catalog.items[i] for i in ids])
+            scores = ranker.score([catalog.items[i] for i in case.history], [catalog.items[i] for i in ids], [c.score for c in candidates])
             ids = [ids[i] for i in np.argsort(-scores, kind="stable")]
         values.append(ndcg_at(ids.index(case.target) + 1, 10))
     return mean(values)

