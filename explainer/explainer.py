@@ -34,7 +34,7 @@ class Explainer:
         self.retry_chain = retry_prompt | chat_model | StrOutputParser()
 
     def variables(self, table: FactTable) -> dict[str, str]:
-        facts = "\n".join(f"[{f.fact_id}] {f.text}" for f in table.facts)
+        facts = "\n".join(f"[{f.fact_id}] {f.text}" for f in table.facts if f.kind in self.template.fact_kinds)
         title = next((f.value for f in table.facts if f.kind.value == "item_title"), table.item_id)
         values = {"facts": facts, "item_title": title}
         return {k: values[k] for k in self.template.variables if k in values}

@@ -47,7 +47,17 @@ def build_fact_table(
     def add(kind: FactKind, text: str, value: str = "", about_history: bool = False) -> None:
         facts.append(Fact(f"F{len(facts) + 1}", kind, text, value, about_history))
 
-    add(FactKind.ITEM_TITLE, f'The recommended item is "{short_title(item)}".', short_title(item))
+    by_id = {h.item_id: (h, kind) for h, kind in history}
+    drivers = [a for a in ranked.attributions if a.contribution > 0 and a.history_item_id in by_id][:MAX_HISTORY_FACTS]
+    # With no history item raising the score on its own, cite the one retrieval matched.
+    driver_ids = [a.history_item_id for a in drivers] or [i for i in ranked.matched_history if i in by_id][:1]
+
+    # A variant of a history item (8 vs 24 pack) shortens to the same name: then both keep full titles.
+    names = {item.item_id: short_title(item), **{i: short_title(by_id[i][0]) for i in driver_ids}}
+    if len(set(names.values())) < len(names):
+        names = {item.item_id: item.title, **{i: by_id[i][0].title for i in driver_ids}}
+
+    add(FactKind.ITEM_TITLE, f'The recommended item is "{names[item.item_id]}".', names[item.item_id])
     if item.brand:
         add(FactKind.ITEM_BRAND, f"It is made by {item.brand}.", item.brand)
     if item.category:
@@ -61,28 +71,22 @@ def build_fact_table(
     if phrase:
         add(FactKind.ITEM_PHRASE, f'The seller describes it as: "{phrase}"', phrase)
 
-    by_id = {h.item_id: (h, kind) for h, kind in history}
-    drivers = [a for a in ranked.attributions if a.contribution > 0 and a.history_item_id in by_id][:MAX_HISTORY_FACTS]
-    if not drivers:
-        # No history item raised the score on its own; cite the one retrieval matched.
-        drivers_ids = [i for i in ranked.matched_history if i in by_id][:1]
-    else:
-        drivers_ids = [a.history_item_id for a in drivers]
-    for history_id in drivers_ids:
+    for history_id in driver_ids:
         h, kind = by_id[history_id]
-        add(FactKind.HISTORY_ITEM, f'You {_PAST_TENSE[kind]} "{short_title(h)}".', short_title(h), about_history=True)
+        name = names[history_id]
+        add(FactKind.HISTORY_ITEM, f'You {_PAST_TENSE[kind]} "{name}".', name, about_history=True)
         if item.brand and h.brand and item.brand.lower() == h.brand.lower():
-            add(FactKind.SHARED_BRAND, f'Like "{short_title(h)}", it is made by {item.brand}.', item.brand, about_history=True)
+            add(FactKind.SHARED_BRAND, f'Like "{name}", it is made by {item.brand}.', item.brand, about_history=True)
         if item.category and h.category == item.category:
-            add(FactKind.SHARED_CATEGORY, f'Like "{short_title(h)}", it is in the category {item.category}.', item.category, about_history=True)
+            add(FactKind.SHARED_CATEGORY, f'Like "{name}", it is in the category {item.category}.', item.category, about_history=True)
 
     add(FactKind.RANK, f"It is ranked #{ranked.rank} of {ranked.candidates_scored} candidates for you.", str(ranked.rank))
     for attribution in drivers[:1]:
-        h, _ = by_id[attribution.history_item_id]
+        name = names[attribution.history_item_id]
         if attribution.rank_without is not None and attribution.rank_without > ranked.rank:
             add(
                 FactKind.COUNTERFACTUAL,
-                f'Without "{short_title(h)}" in your history it would rank #{attribution.rank_without} instead of #{ranked.rank}.',
+                f'Without "{name}" in your history it would rank #{attribution.rank_without} instead of #{ranked.rank}.',
                 str(attribution.rank_without),
                 about_history=True,
             )

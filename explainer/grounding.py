@@ -1,8 +1,9 @@
 """The grounding check: an explanation may only say what its fact table supports.
 
 Lexical and strict on purpose. Every content word of the text must occur in some fact (or be one of
-the few connective words an explanation needs), every number must occur in a fact, and the text
-must point at the shopper's own history (a history item, or a brand/category shared with one).
+the few connective words an explanation needs), every number must occur in a fact, every name (a
+run of capitalised words) must occur whole in a single fact, so that two real names cannot be
+spliced into an invented product, and the text must name an item from the shopper's own history.
 A paraphrase that uses a new word fails; that costs a template sentence, never a false claim.
 """
 
@@ -35,6 +36,9 @@ CONNECTIVES = frozenset(
 )
 
 _WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’&.\-/]*")
+# Lower-case words that may sit inside a product name ("Binder with Extra Durable Hinge").
+_NAME_JOINERS = frozenset({"with", "and", "of", "for", "the", "in", "on", "&", "-", "x"})
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
@@ -86,6 +90,12 @@ def check_grounding(text: str, table: FactTable) -> GroundingVerdict:
             unsupported_words.append(word)
     unsupported = tuple(unsupported_numbers) + tuple(w for w in unsupported_words if w not in unsupported_numbers)
 
+    spliced = [name for name in _names(text) if not any(_norm(name) in _norm(f"{f.text} {f.value}") for f in table.facts)]
+    unsupported += tuple(f'"{name}"' for name in spliced)
+    misplaced = _history_names_offered_as_the_item(text, table)
+    if misplaced and not unsupported:
+        return GroundingVerdict(False, f'presents "{misplaced[0]}", an item from the history, as the recommendation', (), _cites_history(text, table))
+
     cites_history = _cites_history(text, table)
     if unsupported:
         return GroundingVerdict(False, "not in the facts: " + ", ".join(unsupported), unsupported, cites_history)
@@ -110,6 +120,54 @@ def _cites_history(text: str, table: FactTable) -> bool:
         if distinctive and len(text_words & distinctive) >= min(2, len(distinctive)):
             return True
     return False
+
+
+_HISTORY_VERBS = frozenset({"bought", "purchased", "looked", "viewed", "clicked", "added", "ordered", "like", "liked", "carted"})
+
+
+def _history_names_offered_as_the_item(text: str, table: FactTable) -> list[str]:
+    """Names of history items (and not of the recommended item) in a clause with no history verb:
+    "we suggest the <history item>" says the shopper is offered what they already have."""
+    item_names = [_norm(f.value) for f in table.facts if f.kind is FactKind.ITEM_TITLE]
+    history_names = [_norm(f.value) for f in table.facts if f.kind is FactKind.HISTORY_ITEM]
+    found = []
+    for clause in re.split(r"[,;:.!?]\s", text):
+        if set(_words(clause)) & _HISTORY_VERBS:
+            continue
+        for name in _names(clause):
+            n = _norm(name)
+            if any(n in h for h in history_names) and not any(n in i for i in item_names):
+                found.append(name)
+    return found
+
+
+def _names(text: str) -> list[str]:
+    """Runs of two or more capitalised words (joiners allowed inside), minus a leading connective
+    such as the "Because" that opens a sentence."""
+    names, run = [], []
+
+    def close() -> None:
+        while run and (run[-1].lower() in _NAME_JOINERS):
+            run.pop()
+        while run and run[0].lower() in CONNECTIVES:
+            run.pop(0)
+        if len(run) >= 2:
+            names.append(" ".join(run))
+        run.clear()
+
+    for token in _TOKEN.findall(text):
+        if token[0].isupper() or token[0].isdigit():
+            run.append(token)
+        elif run and token.lower() in _NAME_JOINERS:
+            run.append(token)
+        else:
+            close()
+    close()
+    return names
+
+
+def _norm(text: str) -> str:
+    return " " + " ".join(re.findall(r"[a-z0-9]+", text.lower())) + " "
 
 
 def _content_stems(text: str) -> set[str]:

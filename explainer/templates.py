@@ -12,6 +12,7 @@ import yaml
 from langchain_core.prompts import ChatPromptTemplate
 
 from whyrec.errors import ConfigError
+from whyrec.schema import FactKind
 
 _FILE = re.compile(r"^(?P<name>[a-z0-9_-]+)\.v(?P<version>\d+)\.yaml$")
 _ROLES = {"system", "human", "user", "ai", "assistant"}
@@ -25,6 +26,7 @@ class PromptTemplateSpec:
     variables: tuple[str, ...]
     messages: tuple[tuple[str, str], ...]  # (role, content with {variables})
     source: str
+    fact_kinds: tuple[FactKind, ...] = tuple(FactKind)  # which facts the prompt shows (the check uses all)
 
     @property
     def label(self) -> str:
@@ -83,6 +85,11 @@ def parse_template(text: str, source: str = "<text>") -> PromptTemplateSpec:
         messages.append((message["role"], message["content"]))
     if not messages:
         raise ConfigError(f"{source}: 'messages' is empty")
+    try:
+        fact_kinds = tuple(FactKind(k) for k in data.get("fact_kinds") or [k.value for k in FactKind])
+    except (ValueError, TypeError):
+        allowed = ", ".join(k.value for k in FactKind)
+        raise ConfigError(f"{source}: 'fact_kinds' must list fact kinds from: {allowed}") from None
     spec = PromptTemplateSpec(
         name=str(data["name"]),
         version=data["version"],
@@ -90,6 +97,7 @@ def parse_template(text: str, source: str = "<text>") -> PromptTemplateSpec:
         variables=tuple(variables),
         messages=tuple(messages),
         source=source,
+        fact_kinds=fact_kinds,
     )
     try:
         used = set(spec.chat_prompt().input_variables)

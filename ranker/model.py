@@ -103,11 +103,12 @@ class CrossEncoderRanker:
             raise ConfigError(f"no ranker checkpoint at {folder} (missing {CHECKPOINT_META}); run `whyrec train --data DIR`")
         try:
             meta = json.loads(meta_file.read_text())
+            settings = {key: meta[key] for key in ("history_window", "max_length", "retrieval_weight")}
             model = AutoModelForSequenceClassification.from_pretrained(folder)
             tokenizer = AutoTokenizer.from_pretrained(folder)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read the ranker checkpoint at {folder} ({exc}); run `whyrec train --data DIR` to rebuild it") from None
-        return cls(model, tokenizer, device, history_window=meta["history_window"], max_length=meta["max_length"], retrieval_weight=meta["retrieval_weight"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"cannot read the ranker checkpoint at {folder} ({type(exc).__name__}: {exc}); run `whyrec train --data DIR` to rebuild it") from None
+        return cls(model, tokenizer, device, **settings)
 
     def save(self, folder: Path, metadata: dict) -> None:
         """Write the checkpoint beside `folder` and swap it in, so a crash never leaves half a checkpoint."""

@@ -116,3 +116,19 @@ def test_slate_explanations_are_grounded_or_marked_as_template(slice_recommender
             assert len(explanation.attempts) == 2  # one retry before the template
         table_ids = {f.fact_id for f in explanation.facts}
         assert table_ids, "every shown text cites at least one fact"
+
+
+def test_grounding_rejects_a_name_spliced_from_two_real_names():
+    # Every word is in the facts, but no product is called "Oakline Clip Lamp".
+    verdict = check_grounding("Because you bought the Oakline Clip Lamp, here is a Lumora lamp.", _table())
+    assert not verdict.passed and '"Oakline Clip Lamp"' in verdict.unsupported
+
+
+def test_grounding_accepts_a_name_that_appears_whole_in_one_fact():
+    verdict = check_grounding("Because you bought the Lumora Clip Lamp, we suggest the Lumora LED Desk Lamp.", _table())
+    assert verdict.passed, verdict.reason
+
+
+def test_grounding_rejects_a_history_item_offered_as_the_recommendation():
+    verdict = check_grounding("Because you bought the Lumora Clip Lamp, we suggest the Lumora Clip Lamp.", _table())
+    assert not verdict.passed and "from the history" in verdict.reason
