@@ -32,7 +32,8 @@ def test_demo_serves_the_sample_store_on_localhost(cache_dir):
         assert page is not None, process.stdout.read() if process.poll() is not None else "demo did not answer in time"
         assert "whyrec" in page
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
-        assert "127.0.0.1:" in listening and "0.0.0.0:" not in listening
+        local_addresses = [line.split()[3] for line in listening.splitlines()]
+        assert local_addresses == [f"127.0.0.1:{port}"]
     finally:
         process.terminate()
         process.wait(timeout=30)
