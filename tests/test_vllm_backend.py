@@ -14,8 +14,7 @@ import pytest
 from whyrec.config import DEFAULT_GENERATOR, Settings
 from whyrec.errors import ConfigError
 from whyrec.explainer import Explainer, build_fact_table, load_template, make_chat_model
-from whyrec.explainer.serve import find_vllm_python, vllm_command, vllm_env, wait_until_ready
-from whyrec.models import generator_path
+from whyrec.explainer.serve import find_vllm_python, wait_until_ready
 from whyrec.catalog import strongest_kind
 
 pytestmark = pytest.mark.integration
@@ -23,8 +22,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def vllm_url(cache_dir, tmp_path_factory):
+    """`whyrec llm serve`, started as a user would, on a free port."""
     try:
-        python = find_vllm_python(os.environ.get("WHYREC_VLLM_PYTHON"))
+        find_vllm_python(os.environ.get("WHYREC_VLLM_PYTHON"))
     except ConfigError as exc:
         if os.environ.get("WHYREC_REQUIRE_VLLM") == "1":
             pytest.fail(str(exc))
@@ -32,10 +32,10 @@ def vllm_url(cache_dir, tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    model = generator_path(Settings(cache_dir=cache_dir))
     log = tmp_path_factory.mktemp("vllm") / "server.log"
+    env = {**os.environ, "WHYREC_CACHE_DIR": str(cache_dir), "WHYREC_DEVICE": "cpu"}
     with open(log, "w") as out:
-        process = subprocess.Popen(vllm_command(python, model, DEFAULT_GENERATOR, "127.0.0.1", port, gpu=False), env=vllm_env(cache_dir, gpu=False), stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", "whyrec.cli", "llm", "serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_until_ready(url, process, timeout_s=600)

