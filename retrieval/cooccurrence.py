@@ -35,6 +35,10 @@ class CooccurrenceRetriever:
             a: {b: c / math.sqrt(popularity[a] * popularity[b]) for b, c in row.items()} for a, row in counts.items()
         }
 
+    def item_scores(self, history: list[str]) -> Counter:
+        """Every item that follows some recent history item, with its score."""
+        return self._scores(history)[0]
+
     def _scores(self, history: list[str]) -> tuple[Counter, dict[str, Counter]]:
         """Total score per item, and per item how much each history item gave it."""
         recent = history[-self.history_window :]
@@ -54,4 +58,4 @@ class CooccurrenceRetriever:
         return [Candidate(i, float(s), tuple(h for h, _ in given[i].most_common(2))) for i, s in ranked]
 
     def score(self, history: list[str], item_id: str) -> float:
-        return float(self._scores(history)[0].get(item_id, 0.0))
+        return float(self.item_scores(history).get(item_id, 0.0))

@@ -24,6 +24,8 @@ models_app = typer.Typer(help="Fetch and prepare the models whyrec runs on.", no
 app.add_typer(models_app, name="models")
 llm_app = typer.Typer(help="Serve the generator over the OpenAI API with vLLM.", no_args_is_help=True)
 app.add_typer(llm_app, name="llm")
+eval_app = typer.Typer(help="Measure whyrec against baselines on held-out data.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 DataOption = typer.Option(None, "--data", help="Data folder (Amazon X.item.json + X.inter.json, or generic items/interactions files). Default: $WHYREC_DATA, else the bundled sample store.")
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
@@ -107,6 +109,36 @@ def train(
     else:
         print(f"trained in {report.seconds:.0f}s; best epoch {report.best_epoch}, val NDCG@10 {report.best_val_ndcg10:.4f} "
               f"(retrieval order: {report.baseline_val_ndcg10:.4f}); checkpoint: {report.checkpoint}")
+
+
+@eval_app.command("ranker")
+def eval_ranker(
+    data: Optional[Path] = DataOption,
+    users: Optional[int] = typer.Option(None, min=1, help="Evaluate a fixed random sample (seeded) of this many shoppers; default all."),
+    seed: int = typer.Option(0, help="Seed of the shopper sample."),
+    skip_sasrec: bool = typer.Option(False, "--skip-sasrec", help="Leave out the RecBole SASRec baseline."),
+    as_json: bool = JsonOption,
+):
+    """Leave-one-out, full-catalog ranking: whyrec vs popularity, embedding and co-occurrence baselines."""
+    from whyrec.errors import ConfigError
+    from whyrec.evaluation import evaluate
+    from whyrec.pipeline import build_retriever, load_data, load_ranker
+
+    if not skip_sasrec:
+        raise ConfigError("the RecBole SASRec baseline is not wired into this command yet; run it with --skip-sasrec")
+    settings = _settings(data)
+    catalog = load_data(settings)
+    retriever = build_retriever(settings, catalog)
+    ranker = load_ranker(settings, catalog, retriever)
+    report = evaluate(catalog, retriever, ranker, candidates=settings.candidates, users=users, seed=seed)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(report["protocol"])
+    print(f"{'method':<14}{'NDCG@10':>9}{'R@10':>8}{'R@50':>8}{'MRR':>8}")
+    for name, m in report["methods"].items():
+        print(f"{name:<14}{m['ndcg@10']:>9.4f}{m['recall@10']:>8.4f}{m['recall@50']:>8.4f}{m['mrr']:>8.4f}")
+    print(f"candidates: {report['candidates']}; diversity: {report['diversity']}")
 
 
 @models_app.command("pull")
