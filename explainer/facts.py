@@ -19,7 +19,7 @@ _PAST_TENSE = {
 }
 
 
-def short_title(item: Item, limit: int = 60) -> str:
+def short_title(item: Item, limit: int = 80) -> str:
     """The title up to its first comma or bracket: product titles are long, a sentence wants the name."""
     head = re.split(r"[,(\[]| - ", item.title, maxsplit=1)[0].strip()
     if len(head) < 8:
