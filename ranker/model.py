@@ -1,12 +1,13 @@
 """A MiniLM cross-encoder that reads (recent history, candidate) and returns a relevance score.
 
-The score is the cross-encoder's logit plus a learned weight times the candidate's retrieval
-score: at the start of training the ranker reproduces the retrieval order, and fine-tuning
-moves it from there instead of from a random head.
+The score is the cross-encoder's logit plus learned weights times the candidate's retrieval
+features (the standardised score of each retrieval source). The weights start from the retrieval
+fusion weights, so at the start of training the ranker reproduces the retrieval order, and
+fine-tuning moves it from there instead of from a random head.
 
 Attribution is counterfactual: each recent history item is left out in turn and the candidate
-re-scored by the whole ranker (its retrieval score recomputed from the shorter history too), all in
-one batch, so an attribution costs one forward pass per history item.
+re-scored by the whole ranker (its retrieval features recomputed from the shorter history too), all
+in one batch, so an attribution costs one forward pass per history item.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
@@ -27,7 +29,9 @@ from whyrec.schema import Attribution, Candidate, CandidateSource, RankedItem
 
 CHECKPOINT_META = "whyrec_ranker.json"
 TITLE_CHARS = 70
-INITIAL_RETRIEVAL_WEIGHT = 20.0  # a cosine gap of 0.05 between candidates is worth one logit
+# Fusion weights times this are the starting feature weights: one standard deviation of the fused
+# retrieval score is then worth a few logits, more than the untrained head's noise.
+FEATURE_SCALE = 3.0
 
 
 def history_text(history: list[Item]) -> str:
@@ -67,10 +71,15 @@ class CrossEncoderRanker:
         history_window: int = 5,
         max_length: int = 96,
         batch_size: int = 64,
-        retrieval_weight: float = INITIAL_RETRIEVAL_WEIGHT,
+        feature_names: tuple[str, ...] = (),
+        feature_weights: list[float] | None = None,
     ):
         self.model = model.to(device)
-        self.retrieval_weight = torch.nn.Parameter(torch.tensor(float(retrieval_weight), device=device))
+        self.feature_names = tuple(feature_names)
+        weights = feature_weights if feature_weights is not None else [FEATURE_SCALE] * len(self.feature_names)
+        if len(weights) != len(self.feature_names):
+            raise ValueError(f"{len(weights)} feature weights for {len(self.feature_names)} features")
+        self.feature_weights = torch.nn.Parameter(torch.tensor(weights, dtype=torch.float32, device=device))
         self.model.eval()
         self.tokenizer = tokenizer
         self.device = device
@@ -103,7 +112,7 @@ class CrossEncoderRanker:
             raise ConfigError(f"no ranker checkpoint at {folder} (missing {CHECKPOINT_META}); run `whyrec train --data DIR`")
         try:
             meta = json.loads(meta_file.read_text())
-            settings = {key: meta[key] for key in ("history_window", "max_length", "retrieval_weight")}
+            settings = {key: meta[key] for key in ("history_window", "max_length", "feature_names", "feature_weights")}
             model = AutoModelForSequenceClassification.from_pretrained(folder)
             tokenizer = AutoTokenizer.from_pretrained(folder)
         except (OSError, ValueError, KeyError) as exc:
@@ -120,7 +129,8 @@ class CrossEncoderRanker:
             meta = {
                 "history_window": self.history_window,
                 "max_length": self.max_length,
-                "retrieval_weight": float(self.retrieval_weight.detach()),
+                "feature_names": list(self.feature_names),
+                "feature_weights": self.feature_weights.detach().cpu().tolist(),
                 **metadata,
             }
             (staging / CHECKPOINT_META).write_text(json.dumps(meta, indent=2))
@@ -135,24 +145,26 @@ class CrossEncoderRanker:
     def encode(self, queries: list[str], docs: list[str]):
         return self.tokenizer(queries, docs, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt").to(self.device)
 
-    def forward(self, batch, retrieval_scores: list[float]) -> torch.Tensor:
+    def forward(self, batch, features: np.ndarray) -> torch.Tensor:
         with torch.autocast(self.device if self.device == "cuda" else "cpu", dtype=torch.bfloat16, enabled=self.use_bf16):
             logits = self.model(**batch).logits.squeeze(-1).float()
-        return logits + self.retrieval_weight * torch.tensor(retrieval_scores, dtype=torch.float32, device=logits.device)
+        features = torch.as_tensor(np.asarray(features, dtype=np.float32).reshape(len(logits), -1), device=logits.device)
+        return logits + features @ self.feature_weights
 
     @torch.no_grad()
-    def score_pairs(self, queries: list[str], docs: list[str], retrieval_scores: list[float]) -> np.ndarray:
+    def score_pairs(self, queries: list[str], docs: list[str], features: np.ndarray) -> np.ndarray:
         self.model.eval()
+        features = np.asarray(features, dtype=np.float32).reshape(len(queries), len(self.feature_names))
         scores = []
         for start in range(0, len(queries), self.batch_size):
             end = start + self.batch_size
             batch = self.encode(queries[start:end], docs[start:end])
-            scores.append(self.forward(batch, retrieval_scores[start:end]).cpu().numpy())
+            scores.append(self.forward(batch, features[start:end]).cpu().numpy())
         return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
 
-    def score(self, history: list[Item], candidates: list[Item], retrieval_scores: list[float]) -> np.ndarray:
+    def score(self, history: list[Item], candidates: list[Item], features: np.ndarray) -> np.ndarray:
         query = history_text(history[-self.history_window :])
-        return self.score_pairs([query] * len(candidates), [candidate_text(c) for c in candidates], list(retrieval_scores))
+        return self.score_pairs([query] * len(candidates), [candidate_text(c) for c in candidates], features)
 
     def rank(
         self,
@@ -163,18 +175,11 @@ class CrossEncoderRanker:
         source: CandidateSource | None = None,
     ) -> list[RankedItem]:
         """Score and sort candidates. `attribute` is the number of top items (or the set of item ids)
-        that get counterfactual attributions; `source` recomputes retrieval scores for them (without
-        it the retrieval score is held fixed and only the cross-encoder's reading is attributed)."""
-        scores = self.score(history, [items[c.item_id] for c in candidates], [c.score for c in candidates])
-        order = np.argsort(-scores, kind="stable")
-        ranked_ids = [candidates[i].item_id for i in order]
-        wanted = set(ranked_ids[:attribute]) if isinstance(attribute, int) else set(attribute)
-        by_id = {c.item_id: float(s) for c, s in zip(candidates, scores)}
-        retrieval = {c.item_id: c.score for c in candidates}
-        targets = [(items[i], retrieval[i]) for i in ranked_ids if i in wanted]
-        attributions = self.attribute(history, targets, by_id, source)
+        that get counterfactual attributions; `source` recomputes retrieval features for them (without
+        it the features are held fixed and only the cross-encoder's reading is attributed)."""
+        scores = self.score(history, [items[c.item_id] for c in candidates], np.array([c.features for c in candidates], dtype=np.float32))
         ranked = []
-        for rank, i in enumerate(order, start=1):
+        for rank, i in enumerate(np.argsort(-scores, kind="stable"), start=1):
             c = candidates[i]
             ranked.append(
                 RankedItem(
@@ -183,35 +188,48 @@ class CrossEncoderRanker:
                     retrieval_score=c.score,
                     ranker_score=float(scores[i]),
                     matched_history=c.matched_history,
-                    attributions=attributions.get(c.item_id, ()),
                     candidates_scored=len(candidates),
+                    features=c.features,
                 )
             )
-        return ranked
+        wanted = {r.item_id for r in ranked[:attribute]} if isinstance(attribute, int) else set(attribute)
+        return self.with_attributions(history, ranked, wanted, items, source) if wanted else ranked
+
+    def with_attributions(
+        self, history: list[Item], ranked: list[RankedItem], wanted: set[str], items: Mapping[str, Item], source: CandidateSource | None = None
+    ) -> list[RankedItem]:
+        """`ranked` with counterfactual attributions on the items in `wanted`; ranks without a
+        history item are counted among all of `ranked`."""
+        slate_scores = {r.item_id: r.ranker_score for r in ranked}
+        targets = [(items[r.item_id], r.features) for r in ranked if r.item_id in wanted]
+        attributions = self.attribute(history, targets, slate_scores, source)
+        return [replace(r, attributions=attributions[r.item_id]) if r.item_id in attributions else r for r in ranked]
 
     def attribute(
         self,
         history: list[Item],
-        targets: list[tuple[Item, float]],
+        targets: list[tuple[Item, tuple[float, ...]]],
         slate_scores: Mapping[str, float],
         source: CandidateSource | None = None,
     ) -> dict[str, tuple[Attribution, ...]]:
-        """Leave-one-out over the recent history, for each (target, retrieval score), in one batch.
+        """Leave-one-out over the recent history, for each (target, retrieval features), in one batch.
         `rank_without` places the lowered score among the other candidates' full-history scores."""
-        recent = history[-self.history_window :]
+        older, recent = history[: -self.history_window], history[-self.history_window :]
         if not targets or len(recent) < 2:
             # With a single history item there is nothing to compare against: that item is the whole reason.
             return {t.item_id: tuple(Attribution(h.item_id, 1.0) for h in recent) for t, _ in targets}
-        queries, docs, retrieval = [], [], []
         variants = [recent] + [recent[:i] + recent[i + 1 :] for i in range(len(recent))]
-        for target, retrieval_score in targets:
+        queries, docs = [], []
+        for target, _ in targets:
             queries += [history_text(v) for v in variants]
             docs += [candidate_text(target)] * len(variants)
-            if source is None:
-                retrieval += [retrieval_score] * len(variants)
-            else:
-                retrieval += [retrieval_score] + [source.score([h.item_id for h in v], target.item_id) for v in variants[1:]]
-        scores = self.score_pairs(queries, docs, retrieval).reshape(len(targets), len(recent) + 1)
+        if source is None:
+            features = np.repeat(np.array([f for _, f in targets], dtype=np.float32), len(variants), axis=0)
+        else:
+            # The shorter history changes what retrieval says too: recompute every variant's features.
+            histories = [[h.item_id for h in older + v] for _ in targets for v in variants]
+            features = source.features(histories, [t.item_id for t, _ in targets for _ in variants])
+        scores = self.score_pairs(queries, docs, features).reshape(len(targets), len(recent) + 1)
         result = {}
         for (target, _), row in zip(targets, scores):
             full = row[0]

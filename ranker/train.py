@@ -1,13 +1,15 @@
 """Fine-tune the cross-encoder on a shop's interactions with a listwise softmax loss.
 
 The ranker only ever reorders retrieval's candidates, so it is trained on that task: a training
-group is a point in a shopper's sequence where the next item (the positive) is among the retrieval
-candidates for the history before it, against negatives drawn from the same candidates (plus one
-random item), scored together and trained with cross-entropy over the group. Training on positives
-that retrieval missed would teach it that a high retrieval score means "wrong", which is false on
-the candidates it is actually shown. Validation reranks the retrieval candidates of held-out
-shoppers and reports NDCG@10; training stops early when it stops improving, and only the best
-epoch's checkpoint is kept.
+group is a held-out next item (the positive) that is among the retrieval candidates for the
+history before it, against negatives drawn from the same candidates, scored together and trained
+with cross-entropy over the group. Training on positives that retrieval missed would teach it that
+a high retrieval score means "wrong", which is false on the candidates it is actually shown.
+
+The cases must be next items the collaborative retrieval sources never saw (the validation items,
+with the sources fit on the training part): on items they were fit on, their scores are
+overconfident and the ranker would learn to trust them too much. A slice of the cases is held out;
+training stops early when its NDCG@10 stops improving, and only the best epoch's checkpoint is kept.
 """
 
 from __future__ import annotations
@@ -27,21 +29,21 @@ from whyrec.catalog import Catalog
 from whyrec.metrics import mean, ndcg_at
 from whyrec.ranker.model import CrossEncoderRanker, candidate_text, history_text
 from whyrec.schema import Candidate, CandidateSource
-from whyrec.split import Case, Split
+from whyrec.split import Case
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3
-    negatives: int = 7  # per positive: all but one from the same retrieval candidates, one random
+    epochs: int = 2
+    negatives: int = 7  # per positive, from the same retrieval candidates
     groups_per_step: int = 4
     learning_rate: float = 5e-5
-    max_groups_per_epoch: int = 1200  # a fresh random sample of shoppers each epoch
-    val_cases: int = 150
-    val_candidates: int = 30
-    hard_pool: int = 50  # retrieval depth a positive must reach and the hard negatives come from
-    max_prefixes_per_user: int = 10  # most recent sequence positions per shopper turned into groups
-    patience: int = 1
+    feature_learning_rate: float = 0.02  # the few feature weights need far larger steps than BERT's
+    max_groups_per_epoch: int = 1000  # a fresh random sample each epoch
+    holdout_cases: int = 300  # cases kept out of training for early stopping
+    val_candidates: int = 20  # the depth the ranker re-scores, as in serving and evaluation
+    hard_pool: int = 50  # retrieval depth a positive must reach and the negatives come from
+    patience: int = 0
     seed: int = 0
 
 
@@ -70,14 +72,14 @@ class TrainReport:
 @dataclass(frozen=True)
 class _Group:
     history: list[str]
-    positive: str
-    hard: list[str]
+    positive: Candidate
+    hard: list[Candidate]
 
 
 def train_ranker(
     ranker: CrossEncoderRanker,
     catalog: Catalog,
-    split: Split,
+    cases: list[Case],
     source: CandidateSource,
     out_dir: Path,
     config: TrainConfig = TrainConfig(),
@@ -88,25 +90,26 @@ def train_ranker(
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
 
-    groups = _training_groups(split, source, config.hard_pool, config.max_prefixes_per_user)
+    cases = sorted(cases, key=lambda c: c.user_id)
+    rng.shuffle(cases)
+    holdout = cases[: min(config.holdout_cases, len(cases) // 4)]
+    groups = _training_groups(cases[len(holdout) :], source, config.hard_pool)
     if not groups:
-        raise ValueError("no training position has its next item among the retrieval candidates: nothing to train on")
-    val_cases = sorted(split.valid, key=lambda c: c.user_id)
-    rng.shuffle(val_cases)
-    val_cases = val_cases[: config.val_cases]
-    val_slates = [(case, source.candidates(case.history, config.val_candidates)) for case in val_cases]
+        raise ValueError("no training case has its next item among the retrieval candidates: nothing to train on")
+    val_slates = [(case, source.candidates(case.history, config.val_candidates)) for case in holdout]
 
     baseline = _val_ndcg(None, catalog, val_slates)
     report = TrainReport(checkpoint=str(out_dir), baseline_val_ndcg10=baseline)
-    log(f"training on {len(groups)} sequence positions whose next item retrieval finds ({min(len(groups), config.max_groups_per_epoch)} per epoch), "
+    log(f"training on {len(groups)} held-out next items that retrieval finds ({min(len(groups), config.max_groups_per_epoch)} per epoch), "
         f"validating on {len(val_slates)}; val NDCG@10 of the retrieval order: {baseline:.4f}")
 
-    # The retrieval weight is one scalar around 20: it needs a far larger step than BERT's weights.
     optimizer = torch.optim.AdamW(
-        [{"params": list(ranker.model.parameters())}, {"params": [ranker.retrieval_weight], "lr": 0.05, "weight_decay": 0.0}],
+        [
+            {"params": list(ranker.model.parameters())},
+            {"params": [ranker.feature_weights], "lr": config.feature_learning_rate, "weight_decay": 0.0},
+        ],
         lr=config.learning_rate,
     )
-    all_items = list(catalog.items)
     best, stale = -1.0, 0
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.time()
@@ -116,15 +119,14 @@ def train_ranker(
         ranker.model.train()
         bar = tqdm(steps, desc=f"epoch {epoch}/{config.epochs}", unit="step", file=sys.stderr, dynamic_ncols=True)
         for step in bar:
-            queries, docs, retrieval = [], [], []
+            queries, docs, features = [], [], []
             for group in step:
-                negatives = _negatives(group, config.negatives, all_items, rng)
                 query = history_text([catalog.items[i] for i in group.history[-ranker.history_window :]])
-                for item_id in [group.positive, *negatives]:
+                for candidate in [group.positive, *rng.sample(group.hard, config.negatives)]:
                     queries.append(query)
-                    docs.append(candidate_text(catalog.items[item_id]))
-                    retrieval.append(source.score(group.history, item_id))
-            logits = ranker.forward(ranker.encode(queries, docs), retrieval).view(len(step), config.negatives + 1)
+                    docs.append(candidate_text(catalog.items[candidate.item_id]))
+                    features.append(candidate.features)
+            logits = ranker.forward(ranker.encode(queries, docs), np.array(features, dtype=np.float32)).view(len(step), config.negatives + 1)
             # The positive sits at column 0 of every group.
             loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(step), dtype=torch.long, device=logits.device))
             loss.backward()
@@ -136,7 +138,8 @@ def train_ranker(
         ranker.model.eval()
         ndcg = _val_ndcg(ranker, catalog, val_slates)
         report.epochs.append(EpochReport(epoch, mean(losses), ndcg, time.time() - epoch_start))
-        log(f"epoch {epoch}: train loss {mean(losses):.4f}, val NDCG@10 {ndcg:.4f}")
+        weights = ", ".join(f"{n} {w:.2f}" for n, w in zip(ranker.feature_names, ranker.feature_weights.detach().tolist()))
+        log(f"epoch {epoch}: train loss {mean(losses):.4f}, val NDCG@10 {ndcg:.4f} (feature weights: {weights})")
         if ndcg > best:
             best, stale = ndcg, 0
             report.best_epoch, report.best_val_ndcg10 = epoch, ndcg
@@ -146,33 +149,20 @@ def train_ranker(
             stale += 1
             if stale > config.patience:
                 report.stopped_early = True
-                log(f"no improvement for {stale} epochs: stopping early")
+                log(f"no improvement for {stale} epoch(s): stopping early")
                 break
     report.seconds = time.time() - started
     return report
 
 
-def _training_groups(split: Split, source: CandidateSource, pool: int, max_prefixes: int) -> list[_Group]:
+def _training_groups(cases: list[Case], source: CandidateSource, pool: int) -> list[_Group]:
     groups = []
-    for user in sorted(split.train):
-        sequence = split.train[user]
-        for t in range(max(1, len(sequence) - max_prefixes), len(sequence)):
-            history, positive = sequence[:t], sequence[t]
-            hard = [c.item_id for c in source.candidates(history, pool) if c.item_id != positive]
-            if len(hard) < pool:  # the positive was among the candidates
-                groups.append(_Group(history, positive, hard))
+    for case in tqdm(cases, desc="hard negatives", unit="case", file=sys.stderr, dynamic_ncols=True, leave=False):
+        found = source.candidates(case.history, pool)
+        positive = next((c for c in found if c.item_id == case.target), None)
+        if positive is not None:
+            groups.append(_Group(case.history, positive, [c for c in found if c.item_id != case.target]))
     return groups
-
-
-def _negatives(group: _Group, count: int, all_items: list[str], rng: random.Random) -> list[str]:
-    chosen = rng.sample(group.hard, min(len(group.hard), count - 1))
-    taken = set(chosen) | set(group.history) | {group.positive}
-    while len(chosen) < count:
-        item_id = rng.choice(all_items)
-        if item_id not in taken:
-            chosen.append(item_id)
-            taken.add(item_id)
-    return chosen
 
 
 def _val_ndcg(ranker: CrossEncoderRanker | None, catalog: Catalog, slates: list[tuple[Case, list[Candidate]]]) -> float:
@@ -184,7 +174,8 @@ def _val_ndcg(ranker: CrossEncoderRanker | None, catalog: Catalog, slates: list[
             values.append(0.0)
             continue
         if ranker is not None:
-            scores = ranker.score([catalog.items[i] for i in case.history], [catalog.items[i] for i in ids], [c.score for c in candidates])
+            features = np.array([c.features for c in candidates], dtype=np.float32)
+            scores = ranker.score([catalog.items[i] for i in case.history], [catalog.items[i] for i in ids], features)
             ids = [ids[i] for i in np.argsort(-scores, kind="stable")]
         values.append(ndcg_at(ids.index(case.target) + 1, 10))
     return mean(values)

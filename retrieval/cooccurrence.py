@@ -51,6 +51,10 @@ class CooccurrenceRetriever:
                 given[item_id][source] += weight * score
         return total, given
 
+    def contributors(self, history: list[str]) -> dict[str, list[str]]:
+        """Per item, the recent history items that gave it co-occurrence score, most first."""
+        return {item_id: [h for h, _ in given.most_common()] for item_id, given in self._scores(history)[1].items()}
+
     def candidates(self, history: list[str], n: int, exclude: set[str] = frozenset()) -> list[Candidate]:
         total, given = self._scores(history)
         blocked = set(exclude) | set(history)

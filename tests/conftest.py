@@ -52,27 +52,35 @@ def slice_catalog(slice_settings):
 
 
 @pytest.fixture(scope="session")
-def slice_retriever(slice_settings, slice_catalog):
-    from whyrec.pipeline import build_retriever
+def slice_embedding(slice_settings, slice_catalog):
+    from whyrec.pipeline import embedding_retriever
 
-    return build_retriever(slice_settings, slice_catalog)
+    return embedding_retriever(slice_settings, slice_catalog)
 
 
 @pytest.fixture(scope="session")
-def slice_training(slice_settings, slice_catalog, slice_retriever):
-    """A short real fine-tune on the slice; its checkpoint is what every later test loads."""
+def slice_training(slice_settings, slice_catalog, slice_embedding):
+    """A short real training run on the slice; its checkpoints are what every later test loads."""
     from whyrec.pipeline import train
     from whyrec.ranker import TrainConfig
+    from whyrec.retrieval.sequential import SequenceConfig
 
-    config = TrainConfig(epochs=2, max_groups_per_epoch=48, val_cases=30, val_candidates=20, patience=1)
-    return train(slice_settings, slice_catalog, slice_retriever, config)
+    config = TrainConfig(epochs=2, max_groups_per_epoch=48, patience=1)
+    return train(slice_settings, slice_catalog, slice_embedding, config, SequenceConfig(max_epochs=20, patience=3))
 
 
 @pytest.fixture(scope="session")
-def slice_ranker(slice_settings, slice_catalog, slice_retriever, slice_training):
-    from whyrec.pipeline import load_ranker
+def slice_retriever(slice_settings, slice_catalog, slice_embedding, slice_training):
+    from whyrec.pipeline import build_retriever
 
-    return load_ranker(slice_settings, slice_catalog, slice_retriever)
+    return build_retriever(slice_settings, slice_catalog, slice_embedding)
+
+
+@pytest.fixture(scope="session")
+def slice_ranker(slice_settings, slice_catalog, slice_training):
+    from whyrec.pipeline import load_models
+
+    return load_models(slice_settings.model_copy(update={"auto_train": False}), slice_catalog)[1]
 
 
 @pytest.fixture(scope="session")

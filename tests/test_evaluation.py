@@ -24,9 +24,9 @@ def test_cooccurrence_never_proposes_history_or_excluded_items():
 
 
 def test_eval_reports_every_method_on_one_protocol(slice_catalog, slice_retriever, slice_ranker):
-    report = evaluate(slice_catalog, slice_retriever, slice_ranker, candidates=20, users=15, seed=1)
+    report = evaluate(slice_catalog, slice_retriever, slice_ranker, rerank=20, users=15, seed=1)
     assert report["users"] == 15 and "leave-one-out" in report["protocol"]
-    assert set(report["methods"]) == {"whyrec", "popularity", "embedding", "cooccurrence"}
+    assert set(report["methods"]) >= {"whyrec", "popularity", "embedding", "cooccurrence", "sequence_model", "fused_retrieval"}
     for metrics in report["methods"].values():
         assert set(metrics) == {"ndcg@10", "recall@10", "recall@50", "mrr"}
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
@@ -36,6 +36,12 @@ def test_eval_reports_every_method_on_one_protocol(slice_catalog, slice_retrieve
 
 
 def test_eval_sample_is_fixed_by_its_seed(slice_catalog, slice_retriever, slice_ranker):
-    a = evaluate(slice_catalog, slice_retriever, slice_ranker, candidates=10, users=10, seed=3)
-    b = evaluate(slice_catalog, slice_retriever, slice_ranker, candidates=10, users=10, seed=3)
+    a = evaluate(slice_catalog, slice_retriever, slice_ranker, rerank=10, users=10, seed=3)
+    b = evaluate(slice_catalog, slice_retriever, slice_ranker, rerank=10, users=10, seed=3)
     assert a == b
+
+
+def test_a_diversified_slate_is_less_alike_than_the_ranker_order(slice_catalog, slice_retriever, slice_ranker):
+    plain = evaluate(slice_catalog, slice_retriever, slice_ranker, rerank=20, users=15, seed=1)
+    diverse = evaluate(slice_catalog, slice_retriever, slice_ranker, rerank=20, users=15, seed=1, diversity=0.7)
+    assert diverse["diversity"]["intra_list_diversity@10"] > plain["diversity"]["intra_list_diversity@10"]

@@ -1,29 +1,32 @@
 from pathlib import Path
 
+import numpy as np
+
 from whyrec.ranker import CrossEncoderRanker
 from whyrec.ranker.model import CHECKPOINT_META
 
 
 def test_training_reports_validation_ndcg_per_epoch_and_saves_the_best(slice_training):
-    assert 1 <= len(slice_training.epochs) <= 2
-    assert all(0.0 <= e.val_ndcg10 <= 1.0 for e in slice_training.epochs)
-    assert slice_training.best_val_ndcg10 == max(e.val_ndcg10 for e in slice_training.epochs)
-    assert (Path(slice_training.checkpoint) / CHECKPOINT_META).exists()
+    report = slice_training.ranker
+    assert 1 <= len(report.epochs) <= 2
+    assert all(0.0 <= e.val_ndcg10 <= 1.0 for e in report.epochs)
+    assert report.best_val_ndcg10 == max(e.val_ndcg10 for e in report.epochs)
+    assert (Path(report.checkpoint) / CHECKPOINT_META).exists()
 
 
-def test_a_saved_checkpoint_is_reused_not_retrained(slice_settings, slice_catalog, slice_retriever, slice_training):
-    from whyrec.pipeline import load_ranker
+def test_a_saved_checkpoint_is_reused_not_retrained(slice_settings, slice_catalog, slice_training):
+    from whyrec.pipeline import load_models
 
-    meta = Path(slice_training.checkpoint) / CHECKPOINT_META
+    meta = Path(slice_training.ranker.checkpoint) / CHECKPOINT_META
     before = meta.stat().st_mtime_ns
-    load_ranker(slice_settings.model_copy(update={"auto_train": False}), slice_catalog, slice_retriever)
+    load_models(slice_settings.model_copy(update={"auto_train": False}), slice_catalog)
     assert meta.stat().st_mtime_ns == before
 
 
 def test_checkpoint_scores_match_the_trained_model(slice_training, slice_ranker, slice_catalog):
-    reloaded = CrossEncoderRanker.load(Path(slice_training.checkpoint))
+    reloaded = CrossEncoderRanker.load(Path(slice_training.ranker.checkpoint))
     items = list(slice_catalog.items.values())
-    retrieval = [0.9, 0.7, 0.5, 0.3, 0.1]
+    retrieval = np.array([[0.9, 1.0, 2.0], [0.7, 0.0, 1.5], [0.5, 0.0, 1.0], [0.3, 2.0, 0.5], [0.1, 0.0, 0.0]])
     a = slice_ranker.score(items[:3], items[3:8], retrieval)
     b = reloaded.score(items[:3], items[3:8], retrieval)
     assert abs(a - b).max() < 0.05  # bf16 on some CPUs; fp32 elsewhere
@@ -52,10 +55,10 @@ def test_removing_the_top_attributed_history_item_lowers_the_items_score(slice_c
         if len(history) < 2 or best.contribution < 0.05:  # too small to tell from bf16 noise
             continue
         item = slice_catalog.items[top.item_id]
-        recent = history[-slice_ranker.history_window :]
-        kept = [i for i in recent if i != best.history_item_id]
-        full = slice_ranker.score([slice_catalog.items[i] for i in recent], [item], [slice_retriever.score(recent, top.item_id)])[0]
-        without = slice_ranker.score([slice_catalog.items[i] for i in kept], [item], [slice_retriever.score(kept, top.item_id)])[0]
+        kept = [i for i in history if i != best.history_item_id]
+        features = slice_retriever.features([history, kept], [top.item_id, top.item_id])
+        full = slice_ranker.score([slice_catalog.items[i] for i in history], [item], features[:1])[0]
+        without = slice_ranker.score([slice_catalog.items[i] for i in kept], [item], features[1:])[0]
         assert without < full
         assert abs((full - without) - best.contribution) < 0.05  # the attribution is that drop
         checked += 1

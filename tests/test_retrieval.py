@@ -20,17 +20,17 @@ def test_candidates_are_sorted_by_score_and_name_history_items_they_matched(slic
     assert all(c.matched_history and set(c.matched_history) <= set(history) for c in found)
 
 
-def test_the_nearest_item_to_a_single_history_item_is_its_nearest_neighbour(slice_catalog, slice_retriever):
-    index = slice_retriever.index
+def test_the_nearest_item_to_a_single_history_item_is_its_nearest_neighbour(slice_catalog, slice_embedding):
+    index = slice_embedding.index
     anchor = index.item_ids[0]
     sims = index.vectors @ index.vector(anchor)
     sims[index.position[anchor]] = -np.inf
     expected = index.item_ids[int(np.argmax(sims))]
-    assert slice_retriever.candidates([anchor], 1)[0].item_id == expected
+    assert slice_embedding.candidates([anchor], 1)[0].item_id == expected
 
 
-def test_index_survives_a_save_and_load(tmp_path, slice_retriever):
-    index = slice_retriever.index
+def test_index_survives_a_save_and_load(tmp_path, slice_embedding):
+    index = slice_embedding.index
     index.save(tmp_path)
     loaded = ItemIndex.load(tmp_path)
     query = index.vector(index.item_ids[3])

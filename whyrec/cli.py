@@ -89,26 +89,29 @@ def explain(
 @app.command()
 def train(
     data: Optional[Path] = DataOption,
-    epochs: int = typer.Option(3, min=1, help="Most epochs; training stops early when validation NDCG@10 stops improving."),
-    negatives: int = typer.Option(7, min=1, help="Negatives per positive in the listwise loss (mostly hard ones from retrieval)."),
-    shoppers_per_epoch: int = typer.Option(1200, min=1, help="Training shoppers sampled per epoch."),
+    epochs: int = typer.Option(2, min=1, help="Most ranker epochs; training stops early when validation NDCG@10 stops improving."),
+    negatives: int = typer.Option(7, min=1, help="Hard negatives per positive in the ranker's listwise loss, from the retrieval candidates."),
+    groups_per_epoch: int = typer.Option(1000, min=1, help="Training groups (one held-out next item each) sampled per ranker epoch."),
     as_json: bool = JsonOption,
 ):
-    """Fine-tune the BERT ranker on the data's interactions; the best checkpoint is saved and reused."""
-    from whyrec.pipeline import build_retriever, load_data
+    """Train on the data's interactions: the sequence model, the retrieval fusion weights, then the BERT ranker.
+
+    The best checkpoints are saved in the cache and reused by every other command."""
+    from whyrec.pipeline import embedding_retriever, load_data
     from whyrec.pipeline import train as run_training
     from whyrec.ranker import TrainConfig
 
     settings = _settings(data)
     catalog = load_data(settings)
-    retriever = build_retriever(settings, catalog)
-    config = TrainConfig(epochs=epochs, negatives=negatives, max_groups_per_epoch=shoppers_per_epoch)
-    report = run_training(settings, catalog, retriever, config)
+    config = TrainConfig(epochs=epochs, negatives=negatives, max_groups_per_epoch=groups_per_epoch)
+    summary = run_training(settings, catalog, embedding_retriever(settings, catalog), config)
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(f"trained in {report.seconds:.0f}s; best epoch {report.best_epoch}, val NDCG@10 {report.best_val_ndcg10:.4f} "
-              f"(retrieval order: {report.baseline_val_ndcg10:.4f}); checkpoint: {report.checkpoint}")
+        print(json.dumps(summary.to_dict(), indent=2))
+        return
+    report = summary.ranker
+    print(f"trained in {summary.seconds:.0f}s. sequence model: val NDCG@10 {summary.sequence_model['valid_ndcg@10']:.4f}; "
+          f"candidates: val recall@50 {summary.candidate_recall50_valid:.4f}; ranker: best epoch {report.best_epoch}, "
+          f"val NDCG@10 {report.best_val_ndcg10:.4f} (retrieval order: {report.baseline_val_ndcg10:.4f}); checkpoint: {report.checkpoint}")
 
 
 @eval_app.command("ranker")
@@ -116,28 +119,36 @@ def eval_ranker(
     data: Optional[Path] = DataOption,
     users: Optional[int] = typer.Option(None, min=1, help="Evaluate a fixed random sample (seeded) of this many shoppers; default all."),
     seed: int = typer.Option(0, help="Seed of the shopper sample."),
-    skip_sasrec: bool = typer.Option(False, "--skip-sasrec", help="Leave out the RecBole SASRec baseline."),
+    skip_sasrec: bool = typer.Option(False, "--skip-sasrec", help="Leave out the RecBole SASRec baseline (it trains for several minutes)."),
+    diversity: float = typer.Option(0.0, min=0.0, max=1.0, help="MMR weight for the whyrec slate (0 = the ranker's order)."),
     as_json: bool = JsonOption,
 ):
-    """Leave-one-out, full-catalog ranking: whyrec vs popularity, embedding and co-occurrence baselines."""
-    from whyrec.errors import ConfigError
-    from whyrec.evaluation import evaluate
-    from whyrec.pipeline import build_retriever, load_data, load_ranker
+    """Leave-one-out, full-catalog ranking: whyrec vs popularity, embedding, co-occurrence and RecBole SASRec.
 
-    if not skip_sasrec:
-        raise ConfigError("the RecBole SASRec baseline is not wired into this command yet; run it with --skip-sasrec")
+    SASRec runs in its own virtualenv (scripts/setup-recbole.sh); the ranker and sequence model are
+    trained first if the cache has none for this data."""
+    from whyrec.evaluation import evaluate
+    from whyrec.pipeline import build_retriever, load_data, load_models
+    from whyrec.sasrec_baseline import find_recbole_python, sasrec_metrics
+    from whyrec.split import leave_one_out
+
     settings = _settings(data)
     catalog = load_data(settings)
-    retriever = build_retriever(settings, catalog)
-    ranker = load_ranker(settings, catalog, retriever)
-    report = evaluate(catalog, retriever, ranker, candidates=settings.candidates, users=users, seed=seed)
+    sasrec = None
+    if not skip_sasrec:
+        python = find_recbole_python(settings.recbole_python)
+        sasrec = lambda user_ids: sasrec_metrics(catalog, user_ids, python, seed=seed)  # noqa: E731
+    served, ranker = load_models(settings, catalog)
+    # Co-occurrence counts for the evaluation come from the histories only, never a test target.
+    retriever = build_retriever(settings, catalog, served.embedding, sequences=[c.history for c in leave_one_out(catalog).test])
+    report = evaluate(catalog, retriever, ranker, rerank=settings.candidates, users=users, seed=seed, diversity=diversity, sasrec=sasrec)
     if as_json:
         print(json.dumps(report, indent=2))
         return
     print(report["protocol"])
-    print(f"{'method':<14}{'NDCG@10':>9}{'R@10':>8}{'R@50':>8}{'MRR':>8}")
+    print(f"{'method':<16}{'NDCG@10':>9}{'R@10':>8}{'R@50':>8}{'MRR':>8}")
     for name, m in report["methods"].items():
-        print(f"{name:<14}{m['ndcg@10']:>9.4f}{m['recall@10']:>8.4f}{m['recall@50']:>8.4f}{m['mrr']:>8.4f}")
+        print(f"{name:<16}{m['ndcg@10']:>9.4f}{m['recall@10']:>8.4f}{m['recall@50']:>8.4f}{m['mrr']:>8.4f}")
     print(f"candidates: {report['candidates']}; diversity: {report['diversity']}")
 
 

@@ -27,12 +27,15 @@ class Settings(BaseSettings):
     llm_concurrency: int = Field(8, ge=1, description="Explanations generated at once for a slate.")
     max_new_tokens: int = Field(60, ge=8, le=512)
 
+    recbole_python: str | None = Field(None, description="Interpreter with RecBole installed, for the SASRec baseline in `whyrec eval ranker`; unset = .venv-recbole.")
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    candidates: int = Field(50, ge=1, description="Retrieval candidates the ranker re-scores.")
+    candidates: int = Field(20, ge=1, description="Retrieval candidates the ranker re-scores (the rest keep the retrieval order).")
+    diversity: float = Field(0.0, ge=0.0, le=1.0, description="Slate diversity (maximal marginal relevance weight): 0 = the ranker's order, higher = less alike items.")
     history_window: int = Field(5, ge=1, le=20, description="Most recent history items the retrieval query and the ranker read.")
     prompt: str = Field("shopper", description="Prompt template name in prompts/ (latest version is used unless prompt_version is set).")
     prompt_version: int | None = None
-    auto_train: bool = Field(True, description="Train a ranker on first use when no checkpoint exists for the data.")
+    auto_train: bool = Field(True, description="Train the sequence model and ranker on first use when none exist for the data.")
 
     host: str = "127.0.0.1"
     port: int = 7860

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
@@ -18,16 +18,20 @@ from tqdm.auto import tqdm
 
 from whyrec.catalog import Catalog
 from whyrec.metrics import mean, ndcg_at, recall_at, reciprocal_rank
-from whyrec.ranker import CrossEncoderRanker
-from whyrec.retrieval import EmbeddingRetriever
-from whyrec.retrieval.cooccurrence import CooccurrenceRetriever
+from whyrec.ranker import CrossEncoderRanker, diversify
+from whyrec.retrieval.fusion import FusedRetriever
+from whyrec.schema import Candidate
 from whyrec.split import leave_one_out
+
+CHUNK = 256  # shoppers whose retrieval scores are computed together
+METRIC_KEYS = ("ndcg@10", "recall@10", "recall@50", "mrr")
 
 PROTOCOL = (
     "leave-one-out: last item of each shopper = target, all earlier items = history; "
     "full-catalog ranking with the shopper's history items excluded; "
-    "popularity and co-occurrence counted on histories only; whyrec = ranker over the top-{n} "
-    "retrieval candidates, then the remaining items in retrieval order"
+    "popularity and co-occurrence counted on histories only, the sequence model and SASRec trained on "
+    "histories without their last item (that item is the validation target); whyrec = the cross-encoder "
+    "ranker over the top-{n} fused retrieval candidates, then the remaining items in fused retrieval order"
 )
 
 
@@ -62,65 +66,76 @@ def rank_in(scores: np.ndarray, target: int, excluded: list[int]) -> float:
 
 def evaluate(
     catalog: Catalog,
-    retriever: EmbeddingRetriever,
+    retriever: FusedRetriever,
     ranker: CrossEncoderRanker,
-    candidates: int = 50,
+    rerank: int = 20,
     users: int | None = None,
     seed: int = 0,
+    diversity: float = 0.0,
+    sasrec: Callable[[list[str]], dict[str, float]] | None = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> dict:
-    cases = leave_one_out(catalog).test
+    """`retriever`'s co-occurrence must be counted on the test histories (see module doc);
+    `sasrec` maps the evaluated shoppers' ids to its metrics on them."""
+    split = leave_one_out(catalog)
+    cases = split.test
     if users is not None and users < len(cases):
         cases = random.Random(seed).sample(sorted(cases, key=lambda c: c.user_id), users)
-    index = retriever.index
-    ids = index.item_ids
-    position = index.position
+    ids, position = retriever.item_ids, retriever.position
 
-    histories = [c.history for c in leave_one_out(catalog).test]  # every shopper's, not only the sample
     popularity = np.zeros(len(ids))
-    for history in histories:
-        for item_id in history:
+    for case in split.test:  # every shopper's history, not only the sample
+        for item_id in case.history:
             popularity[position[item_id]] += 1
-    cooccurrence = CooccurrenceRetriever(histories, history_window=retriever.window)
 
-    ranks: dict[str, list[float | None]] = {m: [] for m in ("whyrec", "popularity", "embedding", "cooccurrence")}
-    candidate_ranks: list[float] = []
+    methods = ("whyrec", "popularity", "embedding", "cooccurrence", "sequence_model", "fused_retrieval")
+    ranks: dict[str, list[float | None]] = {m: [] for m in methods}
     slates: list[list[str]] = []
     log(f"evaluating {len(cases)} shoppers on {catalog.name} ({len(ids)} items)")
-    for case in tqdm(cases, desc="eval", unit="shopper", file=sys.stderr, dynamic_ncols=True):
-        excluded = [position[i] for i in case.history]
-        target = position[case.target]
-        ranks["popularity"].append(rank_in(popularity, target, excluded))
+    bar = tqdm(total=len(cases), desc="eval", unit="shopper", file=sys.stderr, dynamic_ncols=True)
+    for start in range(0, len(cases), CHUNK):
+        chunk = cases[start : start + CHUNK]
+        scores = retriever.source_scores([c.history for c in chunk])
+        for case, source_scores in zip(chunk, scores):
+            excluded = [position[i] for i in case.history]
+            target = position[case.target]
+            ranks["popularity"].append(rank_in(popularity, target, excluded))
+            for name, row in zip(("embedding", "cooccurrence", "sequence_model"), source_scores):
+                ranks[name].append(rank_in(row, target, excluded))
+            fused = retriever.fused(source_scores)
+            fused_rank = rank_in(fused, target, excluded)
+            ranks["fused_retrieval"].append(fused_rank)
 
-        embedding = index.vectors @ retriever.query(case.history)
-        embedding_rank = rank_in(embedding, target, excluded)
-        ranks["embedding"].append(embedding_rank)
-        candidate_ranks.append(embedding_rank)
+            blocked = set(case.history)
+            top = [p for p in np.argsort(-fused, kind="stable")[: rerank + len(blocked)] if ids[p] not in blocked][:rerank]
+            found = [Candidate(ids[p], float(fused[p]), (), tuple(map(float, source_scores[:, p]))) for p in top]
+            ranked = ranker.rank([catalog.items[i] for i in case.history], found, catalog.items)
+            slate = diversify(ranked, retriever.index, 10, diversity) if diversity > 0 else ranked[:10]
+            chosen = {r.item_id for r in slate}
+            order = [r.item_id for r in slate] + [r.item_id for r in ranked if r.item_id not in chosen]
+            slates.append(order[:10])
+            ranks["whyrec"].append(order.index(case.target) + 1 if case.target in order else fused_rank)
+            bar.update()
+    bar.close()
 
-        co_scores = np.zeros(len(ids))
-        for item_id, score in cooccurrence.item_scores(case.history).items():
-            co_scores[position[item_id]] = score
-        ranks["cooccurrence"].append(rank_in(co_scores, target, excluded))
-
-        found = retriever.candidates(case.history, candidates)
-        reranked = ranker.rank([catalog.items[i] for i in case.history], found, catalog.items)
-        order = [r.item_id for r in reranked]
-        slates.append(order[:10])
-        ranks["whyrec"].append(order.index(case.target) + 1 if case.target in order else embedding_rank)
-
-    vectors = {i: index.vector(i) for slate in slates for i in slate}
+    results = {name: Metrics.from_ranks(r).to_dict() for name, r in ranks.items()}
+    if sasrec is not None:
+        results["sasrec"] = {key: round(sasrec_result[key], 5) for key in METRIC_KEYS} if (sasrec_result := sasrec([c.user_id for c in cases])) else {}
+    index = retriever.index
     return {
-        "protocol": PROTOCOL.format(n=candidates),
+        "protocol": PROTOCOL.format(n=rerank),
         "data": catalog.name,
         "users": len(cases),
-        "methods": {name: Metrics.from_ranks(r).to_dict() for name, r in ranks.items()},
+        "methods": results,
         "candidates": {
-            "source": "embedding",
-            "recall@50": round(mean([recall_at(r, 50) for r in candidate_ranks]), 5),
-            "recall@100": round(mean([recall_at(r, 100) for r in candidate_ranks]), 5),
+            "source": "fused: text embedding + item co-occurrence + sequence model",
+            "weights": asdict(retriever.weights),
+            "recall@50": round(mean([recall_at(r, 50) for r in ranks["fused_retrieval"]]), 5),
+            "recall@100": round(mean([recall_at(r, 100) for r in ranks["fused_retrieval"]]), 5),
         },
         "diversity": {
-            "intra_list_diversity@10": round(mean([_intra_list_diversity([vectors[i] for i in s]) for s in slates]), 5),
+            "mmr_weight": diversity,
+            "intra_list_diversity@10": round(mean([_intra_list_diversity([index.vector(i) for i in s]) for s in slates]), 5),
             "catalog_coverage@10": round(len({i for s in slates for i in s}) / len(ids), 5),
         },
     }

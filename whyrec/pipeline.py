@@ -6,7 +6,7 @@ import hashlib
 import importlib.resources
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,9 +16,13 @@ from whyrec.config import Settings
 from whyrec.errors import ConfigError
 from whyrec.explainer import Explainer, build_fact_table, load_template, make_chat_model
 from whyrec.loaders import load_catalog
-from whyrec.ranker import CrossEncoderRanker, TrainConfig, TrainReport, train_ranker
+from whyrec.ranker import CrossEncoderRanker, TrainConfig, TrainReport, diversify, train_ranker
+from whyrec.ranker.model import FEATURE_SCALE
 from whyrec.retrieval import EmbeddingRetriever, ItemIndex, embed_items, load_encoder
-from whyrec.schema import Candidate, RankedItem, RecommendedItem, Recommendations
+from whyrec.retrieval.cooccurrence import CooccurrenceRetriever
+from whyrec.retrieval.fusion import FusedRetriever, FusionWeights, tune_weights
+from whyrec.retrieval.sequential import SequenceConfig, SequenceRetriever, train_sequence_model
+from whyrec.schema import RankedItem, RecommendedItem, Recommendations
 from whyrec.split import leave_one_out
 
 Log = Callable[[str], None]
@@ -47,11 +51,20 @@ def cache_folder(settings: Settings, catalog: Catalog) -> Path:
     return settings.cache_dir / "data" / f"{catalog.name}-{fingerprint(catalog)}"
 
 
+def models_folder(settings: Settings, catalog: Catalog) -> Path:
+    """Everything trained on this data with this encoder: the sequence model and fusion weights, and the ranker."""
+    return cache_folder(settings, catalog) / f"models-v2-{_short_hash(models.encoder_path(settings))}"
+
+
 def ranker_folder(settings: Settings, catalog: Catalog) -> Path:
-    return cache_folder(settings, catalog) / f"ranker-{_short_hash(models.encoder_path(settings))}"
+    return models_folder(settings, catalog) / "ranker"
 
 
-def build_retriever(settings: Settings, catalog: Catalog, encoder=None, log: Log = stderr_log) -> EmbeddingRetriever:
+def sequence_folder(settings: Settings, catalog: Catalog) -> Path:
+    return models_folder(settings, catalog) / "sequence"
+
+
+def embedding_retriever(settings: Settings, catalog: Catalog, encoder=None, log: Log = stderr_log) -> EmbeddingRetriever:
     """Embed the catalog (cached per item texts and encoder) and index it."""
     encoder_path = models.encoder_path(settings)
     item_ids = sorted(catalog.items)
@@ -67,30 +80,87 @@ def build_retriever(settings: Settings, catalog: Catalog, encoder=None, log: Log
     return EmbeddingRetriever(ItemIndex(item_ids, vectors), history_window=settings.history_window)
 
 
-def train(settings: Settings, catalog: Catalog, retriever: EmbeddingRetriever, config: TrainConfig = TrainConfig(), log: Log = stderr_log) -> TrainReport:
-    """Fine-tune a fresh cross-encoder on the catalog's leave-one-out training part; hard negatives come from retrieval."""
-    ranker = CrossEncoderRanker.from_base(models.encoder_path(settings), settings.resolved_device(), history_window=settings.history_window)
+@dataclass
+class TrainSummary:
+    sequence_model: dict
+    fusion_weights: dict
+    candidate_recall50_valid: float  # of the tuned fusion, on the validation items
+    ranker: TrainReport
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train(
+    settings: Settings,
+    catalog: Catalog,
+    embedding: EmbeddingRetriever,
+    config: TrainConfig = TrainConfig(),
+    sequence_config: SequenceConfig = SequenceConfig(),
+    log: Log = stderr_log,
+) -> TrainSummary:
+    """Train everything that learns from the shop's interactions, on the leave-one-out training part:
+    the sequence model (early-stopped on the validation items), the fusion weights (tuned for
+    candidate recall on them) and the cross-encoder (fine-tuned on them, with hard negatives from
+    the fused candidates; the collaborative sources never saw these items)."""
+    started = time.time()
     split = leave_one_out(catalog)
-    return train_ranker(
+    train_sequences = list(split.train.values())
+    valid = [(c.history, c.target) for c in split.valid]
+    log(f"1/3 sequence model on {len(train_sequences)} shoppers' sequences")
+    sequence, sequence_report = train_sequence_model(
+        embedding.index.item_ids, train_sequences, valid, embedding.index.vectors, sequence_config, log=log
+    )
+    retriever = FusedRetriever(embedding, CooccurrenceRetriever(train_sequences, history_window=settings.history_window), sequence)
+    weights, recall = tune_weights(retriever, valid) if valid else (FusionWeights(), 0.0)
+    retriever.weights = weights
+    log(f"2/3 fusion weights {asdict(weights)}: candidate recall@50 {recall:.4f} on the validation items")
+    sequence.save(sequence_folder(settings, catalog), {"fusion_weights": asdict(weights), "report": sequence_report})
+
+    log("3/3 cross-encoder ranker")
+    ranker = CrossEncoderRanker.from_base(
+        models.encoder_path(settings),
+        settings.resolved_device(),
+        history_window=settings.history_window,
+        feature_names=FusedRetriever.feature_names,
+        feature_weights=(weights.vector() * FEATURE_SCALE).tolist(),
+    )
+    report = train_ranker(
         ranker,
         catalog,
-        split,
+        split.valid,
         source=retriever,
         out_dir=ranker_folder(settings, catalog),
         config=config,
         metadata={"data": catalog.name, "data_fingerprint": fingerprint(catalog), "encoder": models.encoder_path(settings)},
         log=log,
     )
+    return TrainSummary(sequence_report, asdict(weights), recall, report, time.time() - started)
 
 
-def load_ranker(settings: Settings, catalog: Catalog, retriever: EmbeddingRetriever, log: Log = stderr_log) -> CrossEncoderRanker:
-    folder = ranker_folder(settings, catalog)
+def build_retriever(settings: Settings, catalog: Catalog, embedding: EmbeddingRetriever, sequences: list[list[str]] | None = None) -> FusedRetriever:
+    """The fused candidate stage. Co-occurrence is counted on `sequences` (default: every shopper's
+    whole sequence); the sequence model and the fusion weights come from `whyrec train`."""
+    folder = sequence_folder(settings, catalog)
     if not folder.exists():
+        raise ConfigError(f"no sequence model for this data at {folder}; run `whyrec train --data {data_folder(settings)}`")
+    sequence = SequenceRetriever.load(folder, embedding.index.vectors)
+    if sequences is None:
+        sequences = [catalog.sequence(u) for u in catalog.users]
+    cooccurrence = CooccurrenceRetriever(sequences, history_window=settings.history_window)
+    return FusedRetriever(embedding, cooccurrence, sequence, FusionWeights(**sequence.metadata["fusion_weights"]))
+
+
+def load_models(settings: Settings, catalog: Catalog, log: Log = stderr_log) -> tuple[FusedRetriever, CrossEncoderRanker]:
+    """The candidate stage and the ranker for this data; trains them first when allowed and missing."""
+    embedding = embedding_retriever(settings, catalog, log=log)
+    if not (ranker_folder(settings, catalog).exists() and sequence_folder(settings, catalog).exists()):
         if not settings.auto_train:
-            raise ConfigError(f"no ranker checkpoint for this data at {folder}; run `whyrec train --data {data_folder(settings)}`")
-        log(f"no ranker checkpoint for {catalog.name} yet: training one now (same as `whyrec train`)...")
-        train(settings, catalog, retriever, log=log)
-    return CrossEncoderRanker.load(folder, settings.resolved_device())
+            raise ConfigError(f"no trained models for this data at {models_folder(settings, catalog)}; run `whyrec train --data {data_folder(settings)}`")
+        log(f"no trained models for {catalog.name} yet: training them now (same as `whyrec train`)...")
+        train(settings, catalog, embedding, log=log)
+    return build_retriever(settings, catalog, embedding), CrossEncoderRanker.load(ranker_folder(settings, catalog), settings.resolved_device())
 
 
 def build_explainer(settings: Settings, log: Log = stderr_log) -> Explainer:
@@ -104,7 +174,7 @@ def build_explainer(settings: Settings, log: Log = stderr_log) -> Explainer:
 class Recommender:
     settings: Settings
     catalog: Catalog
-    retriever: EmbeddingRetriever
+    retriever: FusedRetriever
     ranker: CrossEncoderRanker
     explainer: Explainer
 
@@ -112,20 +182,23 @@ class Recommender:
     def load(cls, settings: Settings, log: Log = stderr_log) -> "Recommender":
         started = time.time()
         catalog = load_data(settings)
-        retriever = build_retriever(settings, catalog, log=log)
-        ranker = load_ranker(settings, catalog, retriever, log=log)
+        retriever, ranker = load_models(settings, catalog, log=log)
         explainer = build_explainer(settings, log=log)
         log(f"whyrec ready on {catalog!r} in {time.time() - started:.1f}s")
         return cls(settings, catalog, retriever, ranker, explainer)
 
-    def recommend(self, user_id: str, k: int = 10) -> Recommendations:
+    def recommend(self, user_id: str, k: int = 10, not_interested: frozenset[str] = frozenset()) -> Recommendations:
+        """The top k for a shopper: never an item they bought or marked "not interested"."""
         if k < 1:
             raise ValueError("k must be at least 1")
         history = self.catalog.sequence(user_id)
-        exclude = self.catalog.purchased(user_id)
+        exclude = self.catalog.purchased(user_id) | set(not_interested)
         candidates = self.retriever.candidates(history, max(self.settings.candidates, k), exclude)
-        ranked = self.ranker.rank(self._items(history), candidates, self.catalog.items, attribute=k, source=self.retriever)[:k]
-        return Recommendations(user_id, self._explained(user_id, history, ranked))
+        ranked = self.ranker.rank(self._items(history), candidates, self.catalog.items)
+        slate = diversify(ranked, self.retriever.index, k, self.settings.diversity) if self.settings.diversity > 0 else ranked[:k]
+        attributed = self.ranker.with_attributions(self._items(history), ranked, {r.item_id for r in slate}, self.catalog.items, self.retriever)
+        by_id = {r.item_id: r for r in attributed}
+        return Recommendations(user_id, self._explained(user_id, history, [by_id[r.item_id] for r in slate]))
 
     def explain(self, user_id: str, item_id: str) -> RecommendedItem:
         """The explanation for any item, also one outside the shopper's top-k: it is ranked among the candidates."""
@@ -133,7 +206,7 @@ class Recommender:
         self.catalog.item(item_id)
         candidates = self.retriever.candidates(history, self.settings.candidates, self.catalog.purchased(user_id))
         if item_id not in {c.item_id for c in candidates}:
-            candidates.append(Candidate(item_id, self.retriever.score(history, item_id), self.retriever.matched_history(history, item_id)))
+            candidates.append(self.retriever.candidate(history, item_id))
         ranked = self.ranker.rank(self._items(history), candidates, self.catalog.items, attribute={item_id}, source=self.retriever)
         target = next(r for r in ranked if r.item_id == item_id)
         return self._explained(user_id, history, [target])[0]

@@ -13,14 +13,19 @@ class Candidate:
     item_id: str
     score: float
     matched_history: tuple[str, ...] = ()  # history item ids this candidate was found through, best first
+    features: tuple[float, ...] = ()  # per-source retrieval scores, named by the source's feature_names
 
 
 class CandidateSource(Protocol):
-    """What the ranker's trainer needs from retrieval."""
+    """What the ranker and its trainer need from retrieval."""
+
+    feature_names: tuple[str, ...]
 
     def candidates(self, history: list[str], n: int, exclude: set[str] = frozenset()) -> list[Candidate]: ...
 
-    def score(self, history: list[str], item_id: str) -> float: ...
+    def features(self, histories: list[list[str]], item_ids: list[str]) -> Any:
+        """[len(histories), len(feature_names)] array: item_ids[i]'s features for histories[i]."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class RankedItem:
     matched_history: tuple[str, ...] = ()
     attributions: tuple[Attribution, ...] = ()  # sorted, most positive contribution first
     candidates_scored: int = 0
+    features: tuple[float, ...] = ()  # the candidate's per-source retrieval scores
 
     @property
     def top_attribution(self) -> Attribution | None:
