@@ -155,12 +155,14 @@ class CrossEncoderRanker:
     def score_pairs(self, queries: list[str], docs: list[str], features: np.ndarray) -> np.ndarray:
         self.model.eval()
         features = np.asarray(features, dtype=np.float32).reshape(len(queries), len(self.feature_names))
-        scores = []
+        # Batches of similar length waste little compute on padding; scores go back in input order.
+        order = np.argsort([len(q) + len(d) for q, d in zip(queries, docs)], kind="stable")
+        scores = np.zeros(len(queries), dtype=np.float32)
         for start in range(0, len(queries), self.batch_size):
-            end = start + self.batch_size
-            batch = self.encode(queries[start:end], docs[start:end])
-            scores.append(self.forward(batch, features[start:end]).cpu().numpy())
-        return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+            rows = order[start : start + self.batch_size]
+            batch = self.encode([queries[i] for i in rows], [docs[i] for i in rows])
+            scores[rows] = self.forward(batch, features[rows]).cpu().numpy()
+        return scores
 
     def score(self, history: list[Item], candidates: list[Item], features: np.ndarray) -> np.ndarray:
         query = history_text(history[-self.history_window :])

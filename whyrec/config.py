@@ -29,6 +29,8 @@ class Settings(BaseSettings):
 
     recbole_python: str | None = Field(None, description="Interpreter with RecBole installed, for the SASRec baseline in `whyrec eval ranker`; unset = .venv-recbole.")
 
+    index_kind: Literal["auto", "flat", "ivf", "hnsw"] = Field("auto", description="FAISS index: exact (flat) below 50k items and IVF above when 'auto'; GPU when faiss has it and device allows.")
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
     candidates: int = Field(20, ge=1, description="Retrieval candidates the ranker re-scores (the rest keep the retrieval order).")
     diversity: float = Field(0.0, ge=0.0, le=1.0, description="Slate diversity (maximal marginal relevance weight): 0 = the ranker's order, higher = less alike items.")

@@ -77,7 +77,8 @@ def embedding_retriever(settings: Settings, catalog: Catalog, encoder=None, log:
     if encoder is None and not cache_file.exists():
         encoder = load_encoder(encoder_path, settings.resolved_device())
     vectors = embed_items(encoder, [catalog.items[i] for i in item_ids], cache_file)
-    return EmbeddingRetriever(ItemIndex(item_ids, vectors), history_window=settings.history_window)
+    index = ItemIndex(item_ids, vectors, kind=settings.index_kind, device=settings.resolved_device())
+    return EmbeddingRetriever(index, history_window=settings.history_window)
 
 
 @dataclass

@@ -29,6 +29,16 @@ class CandidateSource(Protocol):
 
 
 @dataclass(frozen=True)
+class ShownSlate:
+    """One served slate and what the shopper did with it: the ranker's feedback training example."""
+
+    user_id: str
+    history: tuple[str, ...]  # the shopper's history when the slate was served
+    shown: tuple[str, ...]  # in slate order
+    engaged: frozenset[str]  # shown items clicked, carted or bought afterwards; the rest were skipped
+
+
+@dataclass(frozen=True)
 class Attribution:
     """How much one history item moved a ranked item: its score with and without that history item."""
 
