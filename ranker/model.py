@@ -13,9 +13,6 @@ in one batch, so an attribution costs one forward pass per history item.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
@@ -26,6 +23,7 @@ import torch
 from whyrec.catalog import Item
 from whyrec.errors import ConfigError
 from whyrec.schema import Attribution, Candidate, CandidateSource, RankedItem
+from whyrec.storage import replaced_folder
 
 CHECKPOINT_META = "whyrec_ranker.json"
 TITLE_CHARS = 70
@@ -121,9 +119,7 @@ class CrossEncoderRanker:
 
     def save(self, folder: Path, metadata: dict) -> None:
         """Write the checkpoint beside `folder` and swap it in, so a crash never leaves half a checkpoint."""
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".ranker-", dir=folder.parent))
-        try:
+        with replaced_folder(folder) as staging:
             self.model.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
             meta = {
@@ -134,13 +130,6 @@ class CrossEncoderRanker:
                 **metadata,
             }
             (staging / CHECKPOINT_META).write_text(json.dumps(meta, indent=2))
-            old = folder.with_name(folder.name + ".old")
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(staging, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def encode(self, queries: list[str], docs: list[str]):
         return self.tokenizer(queries, docs, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt").to(self.device)
@@ -179,23 +168,37 @@ class CrossEncoderRanker:
         """Score and sort candidates. `attribute` is the number of top items (or the set of item ids)
         that get counterfactual attributions; `source` recomputes retrieval features for them (without
         it the features are held fixed and only the cross-encoder's reading is attributed)."""
-        scores = self.score(history, [items[c.item_id] for c in candidates], np.array([c.features for c in candidates], dtype=np.float32))
-        ranked = []
-        for rank, i in enumerate(np.argsort(-scores, kind="stable"), start=1):
-            c = candidates[i]
-            ranked.append(
-                RankedItem(
-                    item_id=c.item_id,
-                    rank=rank,
-                    retrieval_score=c.score,
-                    ranker_score=float(scores[i]),
-                    matched_history=c.matched_history,
-                    candidates_scored=len(candidates),
-                    features=c.features,
-                )
-            )
+        ranked = self.rank_many([history], [candidates], items)[0]
         wanted = {r.item_id for r in ranked[:attribute]} if isinstance(attribute, int) else set(attribute)
         return self.with_attributions(history, ranked, wanted, items, source) if wanted else ranked
+
+    def rank_many(self, histories: list[list[Item]], candidate_lists: list[list[Candidate]], items: Mapping[str, Item]) -> list[list[RankedItem]]:
+        """Score and sort the candidates of many shoppers in one batched pass (no attributions)."""
+        queries, docs, features = [], [], []
+        for history, candidates in zip(histories, candidate_lists):
+            query = history_text(history[-self.history_window :])
+            for c in candidates:
+                queries.append(query)
+                docs.append(candidate_text(items[c.item_id]))
+                features.append(c.features)
+        scores = self.score_pairs(queries, docs, np.array(features, dtype=np.float32).reshape(len(queries), len(self.feature_names)))
+        result, start = [], 0
+        for candidates in candidate_lists:
+            mine = scores[start : start + len(candidates)]
+            start += len(candidates)
+            result.append([
+                RankedItem(
+                    item_id=candidates[i].item_id,
+                    rank=rank,
+                    retrieval_score=candidates[i].score,
+                    ranker_score=float(mine[i]),
+                    matched_history=candidates[i].matched_history,
+                    candidates_scored=len(candidates),
+                    features=candidates[i].features,
+                )
+                for rank, i in enumerate(np.argsort(-mine, kind="stable"), start=1)
+            ])
+        return result
 
     def with_attributions(
         self, history: list[Item], ranked: list[RankedItem], wanted: set[str], items: Mapping[str, Item], source: CandidateSource | None = None

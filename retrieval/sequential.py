@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ from tqdm.auto import tqdm
 
 from whyrec.errors import ConfigError
 from whyrec.schema import Candidate
+from whyrec.storage import replaced_folder
 
 CHECKPOINT = "sequence_model.pt"
 META = "sequence_model.json"
@@ -139,19 +137,10 @@ class SequenceRetriever:
         return float(self.item_scores(history)[self.row[item_id] - 1])
 
     def save(self, folder: Path, metadata: dict) -> None:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".sequence-", dir=folder.parent))
-        try:
+        with replaced_folder(folder) as staging:
             torch.save(self.model.state_dict(), staging / CHECKPOINT)
             meta = {"config": asdict(self.model.config), "item_ids": self.item_ids, "text": self.model.text is not None, **metadata}
             (staging / META).write_text(json.dumps(meta))
-            old = folder.with_name(folder.name + ".old")
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(staging, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     @classmethod
     def load(cls, folder: Path, text_vectors: np.ndarray | None) -> "SequenceRetriever":

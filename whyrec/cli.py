@@ -120,6 +120,7 @@ def eval_ranker(
     users: Optional[int] = typer.Option(None, min=1, help="Evaluate a fixed random sample (seeded) of this many shoppers; default all."),
     seed: int = typer.Option(0, help="Seed of the shopper sample."),
     skip_sasrec: bool = typer.Option(False, "--skip-sasrec", help="Leave out the RecBole SASRec baseline (it trains for several minutes)."),
+    sasrec_epochs: Optional[int] = typer.Option(None, min=1, help="Fixed SASRec epochs instead of early stopping (for quick runs)."),
     diversity: float = typer.Option(0.0, min=0.0, max=1.0, help="MMR weight for the whyrec slate (0 = the ranker's order)."),
     as_json: bool = JsonOption,
 ):
@@ -137,7 +138,7 @@ def eval_ranker(
     sasrec = None
     if not skip_sasrec:
         python = find_recbole_python(settings.recbole_python)
-        sasrec = lambda user_ids: sasrec_metrics(catalog, user_ids, python, seed=seed)  # noqa: E731
+        sasrec = lambda user_ids: sasrec_metrics(catalog, user_ids, python, seed=seed, epochs=sasrec_epochs)  # noqa: E731
     served, ranker = load_models(settings, catalog)
     # Co-occurrence counts for the evaluation come from the histories only, never a test target.
     retriever = build_retriever(settings, catalog, served.embedding, sequences=[c.history for c in leave_one_out(catalog).test])

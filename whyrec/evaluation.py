@@ -96,6 +96,7 @@ def evaluate(
     for start in range(0, len(cases), CHUNK):
         chunk = cases[start : start + CHUNK]
         scores = retriever.source_scores([c.history for c in chunk])
+        fused_ranks, candidate_lists = [], []
         for case, source_scores in zip(chunk, scores):
             excluded = [position[i] for i in case.history]
             target = position[case.target]
@@ -103,19 +104,20 @@ def evaluate(
             for name, row in zip(("embedding", "cooccurrence", "sequence_model"), source_scores):
                 ranks[name].append(rank_in(row, target, excluded))
             fused = retriever.fused(source_scores)
-            fused_rank = rank_in(fused, target, excluded)
-            ranks["fused_retrieval"].append(fused_rank)
-
+            fused_ranks.append(rank_in(fused, target, excluded))
             blocked = set(case.history)
             top = [p for p in np.argsort(-fused, kind="stable")[: rerank + len(blocked)] if ids[p] not in blocked][:rerank]
-            found = [Candidate(ids[p], float(fused[p]), (), tuple(map(float, source_scores[:, p]))) for p in top]
-            ranked = ranker.rank([catalog.items[i] for i in case.history], found, catalog.items)
+            candidate_lists.append([Candidate(ids[p], float(fused[p]), (), tuple(map(float, source_scores[:, p]))) for p in top])
+        # One batched cross-encoder pass over the whole chunk's candidates.
+        ranked_lists = ranker.rank_many([[catalog.items[i] for i in c.history] for c in chunk], candidate_lists, catalog.items)
+        for case, ranked, fused_rank in zip(chunk, ranked_lists, fused_ranks):
+            ranks["fused_retrieval"].append(fused_rank)
             slate = diversify(ranked, retriever.index, 10, diversity) if diversity > 0 else ranked[:10]
             chosen = {r.item_id for r in slate}
             order = [r.item_id for r in slate] + [r.item_id for r in ranked if r.item_id not in chosen]
             slates.append(order[:10])
             ranks["whyrec"].append(order.index(case.target) + 1 if case.target in order else fused_rank)
-            bar.update()
+        bar.update(len(chunk))
     bar.close()
 
     results = {name: Metrics.from_ranks(r).to_dict() for name, r in ranks.items()}
