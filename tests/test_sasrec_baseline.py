@@ -1,0 +1,71 @@
+"""The SASRec peer baseline: RecBole 1.2.1 in its own venv (.venv-recbole), run as a subprocess.
+
+The training test is skipped when no RecBole venv is found, unless WHYREC_REQUIRE_RECBOLE=1 (as in
+scripts/test.sh and CI), where a missing RecBole fails the run instead."""
+
+import os
+import random
+import sys
+
+import pytest
+
+from whyrec.catalog import Catalog, Interaction, Item
+from whyrec.errors import ConfigError, WhyrecError
+from whyrec.sasrec_baseline import find_recbole_python, sasrec_metrics
+
+N_ITEMS = 60
+
+
+@pytest.fixture(scope="module")
+def recbole_python():
+    try:
+        return find_recbole_python(None)
+    except ConfigError as exc:
+        if os.environ.get("WHYREC_REQUIRE_RECBOLE") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(f"RecBole venv not set up: {exc}")
+
+
+def cyclic_catalog(users: int = 300, seed: int = 0) -> Catalog:
+    """Every shopper walks a fixed hidden cycle of items from a random start: item k is always
+    followed by the same next item, so the next item is fully determined by the last one."""
+    rng = random.Random(seed)
+    order = list(range(N_ITEMS))
+    rng.shuffle(order)
+    following = {order[i]: order[(i + 1) % N_ITEMS] for i in range(N_ITEMS)}
+    items = {f"i{k}": Item(f"i{k}", f"Item {k}") for k in range(N_ITEMS)}
+    interactions = []
+    for u in range(users):
+        current = rng.randrange(N_ITEMS)
+        for _ in range(rng.randint(6, 10)):
+            interactions.append(Interaction(f"u{u}", f"i{current}"))
+            current = following[current]
+    return Catalog("cycle", items, interactions)
+
+
+@pytest.mark.integration
+def test_sasrec_learns_a_deterministic_sequence_and_ranks_the_next_item_in_the_top_10(recbole_python):
+    catalog = cyclic_catalog()
+    eval_users = catalog.users[:100]
+    result = sasrec_metrics(catalog, eval_users, recbole_python, seed=0, epochs=5, threads=1, log=lambda m: None)
+    # Chance is about 10 / (60 - 7 history items) = 0.19 for recall@10.
+    assert result["users"] == 100
+    assert result["recall@10"] >= 0.8
+    assert 0 < result["ndcg@10"] <= result["recall@10"] <= result["recall@50"] <= 1
+    assert result["epochs_run"] == 5 and result["train_seconds"] > 0
+
+
+def test_a_missing_recbole_interpreter_names_the_setup_script(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        find_recbole_python(str(tmp_path / "no-venv" / "bin" / "python"))
+    assert "scripts/setup-recbole.sh" in str(raised.value)
+    assert "--skip-sasrec" in str(raised.value)
+
+
+def test_a_failing_baseline_run_reports_the_end_of_its_log():
+    # whyrec's own interpreter has no RecBole: the script starts, fails on the import, and says why.
+    catalog = cyclic_catalog(users=10)
+    with pytest.raises(WhyrecError) as raised:
+        sasrec_metrics(catalog, catalog.users[:3], sys.executable, epochs=1, log=lambda m: None)
+    assert "SASRec baseline failed" in str(raised.value)
+    assert "recbole" in str(raised.value)

@@ -1,0 +1,106 @@
+"""SASRec (RecBole 1.2.1) as a peer baseline for the offline evaluation.
+
+RecBole needs numpy<2 and pandas<3, so it lives in its own virtualenv (``bash
+scripts/setup-recbole.sh`` makes ``.venv-recbole``) and runs as a subprocess: this module writes
+each shopper's sequence to a temp folder, runs ``recbole_sasrec.py`` (beside this file) under that
+venv's Python and reads back its metrics. The protocol is whyrec.evaluation's: last item = target,
+full catalog, the shopper's history items excluded, ties count half.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from whyrec.catalog import Catalog
+from whyrec.errors import ConfigError, WhyrecError
+
+SCRIPT = Path(__file__).with_name("recbole_sasrec.py")
+VENV_PYTHON = Path(".venv-recbole") / "bin" / "python"
+SETUP_HINT = "run `bash scripts/setup-recbole.sh` (or pass --skip-sasrec to evaluate without the SASRec baseline)"
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _has_recbole(python: str) -> bool:
+    if not Path(python).exists():
+        return False
+    try:
+        done = subprocess.run([python, "-c", "import recbole, torch"], check=False, capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def find_recbole_python(configured: str | None = None) -> str:
+    """The Python of the RecBole venv: the configured one, else $WHYREC_RECBOLE_PYTHON, else the
+    repo's .venv-recbole (beside the source checkout, or in the current directory)."""
+    given = configured or os.environ.get("WHYREC_RECBOLE_PYTHON")
+    if given:
+        candidates = [given]
+    else:
+        repo = Path(__file__).resolve().parent.parent
+        candidates = list(dict.fromkeys([str(repo / VENV_PYTHON), str(Path.cwd() / VENV_PYTHON)]))
+    for python in candidates:
+        if _has_recbole(python):
+            return python
+    raise ConfigError("no Python with RecBole found (tried: " + ", ".join(candidates) + "); " + SETUP_HINT + ", or set WHYREC_RECBOLE_PYTHON")
+
+
+def sasrec_metrics(
+    catalog: Catalog,
+    eval_user_ids: list[str],
+    python: str,
+    seed: int = 0,
+    epochs: int | None = None,
+    log: Callable[[str], None] = _stderr_log,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Train SASRec on every shopper's sequence (RecBole's leave-one-out split: the last two items are
+    held out) and score `eval_user_ids` on their last item. Returns "ndcg@10", "recall@10",
+    "recall@50", "mrr", plus "users", "train_seconds", "best_valid_ndcg@10", "epochs_run" and
+    RecBole's own (history not excluded) test figures under "recbole_unmasked_*"."""
+    missing = [u for u in eval_user_ids if u not in set(catalog.users)]
+    if missing:
+        raise WhyrecError(f"SASRec baseline: {len(missing)} eval users are not in {catalog.name}, e.g. {missing[:3]}")
+    with tempfile.TemporaryDirectory(prefix="whyrec-sasrec-") as tmp:
+        folder = Path(tmp)
+        (folder / "sequences.json").write_text(json.dumps({u: catalog.sequence(u) for u in catalog.users}), encoding="utf-8")
+        (folder / "users.json").write_text(json.dumps(list(eval_user_ids)), encoding="utf-8")
+        out = folder / "result.json"
+        command = [
+            python, str(SCRIPT),
+            "--sequences", str(folder / "sequences.json"),
+            "--eval-users", str(folder / "users.json"),
+            "--out", str(out),
+            "--seed", str(seed),
+            "--workdir", str(folder / "recbole"),
+        ]  # fmt: skip
+        if epochs is not None:
+            command += ["--epochs", str(epochs)]
+        if threads is not None:
+            command += ["--threads", str(threads)]
+        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "PYTHONUNBUFFERED": "1"}
+        log(f"SASRec baseline: training RecBole SASRec on {len(catalog.users)} shoppers ({python})")
+        tail: collections.deque[str] = collections.deque(maxlen=40)
+        try:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp)
+        except OSError as exc:
+            raise ConfigError(f"cannot run {python}: {exc}; " + SETUP_HINT) from None
+        assert process.stderr is not None
+        for line in process.stderr:
+            line = line.rstrip("\n")
+            tail.append(line)
+            log(line)
+        code = process.wait()
+        if code != 0 or not out.exists():
+            raise WhyrecError(f"SASRec baseline failed (exit code {code}); last lines of its log:\n" + "\n".join(tail))
+        return json.loads(out.read_text(encoding="utf-8"))
