@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default="", help="What else ran on the machine, recorded with the results.")
     args = parser.parse_args()
 
     from sentence_transformers import CrossEncoder
@@ -107,6 +108,7 @@ def main() -> None:
         "max_abs_logit_difference_fp32": float(np.abs((fp32_scores - feature_part) - base_scores).max()),
         "max_abs_logit_difference_bf16": float(np.abs((bf16_scores - feature_part) - base_scores).max()),
         "command": f"python bench/ranker_throughput.py --data {args.data} --pairs {args.pairs}",
+        "note": args.note,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ranker_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -124,6 +126,7 @@ def main() -> None:
         f"bf16 {result['max_abs_logit_difference_bf16']:.2g}.",
         "",
         f"Command: `{result['command']}`",
+        *([f"Note: {args.note}"] if args.note else []),
     ]
     (RESULTS / "ranker_throughput.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(result, indent=2))
