@@ -65,7 +65,6 @@ class FusedRetriever:
                 co[self.position[item_id]] = score
             # Co-occurrence scores are heavy-tailed; the log keeps one strong pair from drowning the rest.
             raw[h, 1, :] = np.log1p(10.0 * co)
-        for h, history in enumerate(histories):
             keep = np.ones(len(self.item_ids), dtype=bool)
             keep[[self.position[i] for i in history if i in self.position]] = False
             if not keep.any():
@@ -98,8 +97,13 @@ class FusedRetriever:
 
     def features(self, histories: list[list[str]], item_ids: list[str]) -> np.ndarray:
         """[len(histories), 3]: the standardised source scores of item_ids[i] for histories[i]."""
-        scores = self.source_scores(histories)
-        return np.stack([scores[h, :, self.position[i]] for h, i in enumerate(item_ids)]) if item_ids else np.zeros((0, len(FEATURES)), np.float32)
+        if not item_ids:
+            return np.zeros((0, len(FEATURES)), np.float32)
+        # Attribution asks for the same few leave-one-out histories once per target: score each once.
+        distinct = list(dict.fromkeys(tuple(h) for h in histories))
+        row = {h: r for r, h in enumerate(distinct)}
+        scores = self.source_scores([list(h) for h in distinct])
+        return np.stack([scores[row[tuple(h)], :, self.position[i]] for h, i in zip(histories, item_ids)])
 
     def candidate(self, history: list[str], item_id: str) -> Candidate:
         """Any item as a candidate for this history, also one the candidate stage did not propose."""
