@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import gradio as gr
 
@@ -31,7 +31,7 @@ _CHIP_LABEL = {
 }
 
 CSS = """
-.whyrec-card {border: 1px solid #d0d7de; border-radius: 10px; padding: 10px 14px; margin: 4px 0;}
+.whyrec-card {font-family: "DejaVu Sans", "Liberation Sans", Arial, sans-serif; border: 1px solid #d0d7de; border-radius: 10px; padding: 10px 14px; margin: 4px 0;}
 .whyrec-card h4 {margin: 0 0 6px 0;}
 .whyrec-why {margin: 4px 0 8px 0;}
 .whyrec-pending {color: #888; font-style: italic;}
@@ -53,8 +53,7 @@ class Card:
     text: str = ""
     source: str = ""
     facts: tuple[tuple[str, str, str], ...] = ()  # (fact id, chip label, fact sentence) the text rests on
-    driver_id: str | None = None  # the history item that moved it most: target of "don't use this purchase"
-    driver_title: str = ""
+    driver_id: str | None = None  # the history item the reason rests on: target of "don't use this purchase"
 
 
 @dataclass(frozen=True)
@@ -92,10 +91,13 @@ def parse_intent(message: str, known_items: set[str], view: SlateView | None) ->
     return Intent("why", position=0)
 
 
-def card_for(entry: RecommendedItem, history: set[str]) -> Card:
+def card_for(entry: RecommendedItem, history: dict[str, list[str]]) -> Card:
+    """`history` maps each history item id to the names facts call it by (short and full title)."""
     e = entry.explanation
-    drivers = [a for a in entry.ranked.attributions if a.contribution > 0 and a.history_item_id in history]
-    driver = drivers[0].history_item_id if drivers else None
+    # The control acts on the purchase the reason names; else on the one that raised the score most.
+    named = [i for f in e.facts if f.kind is FactKind.HISTORY_ITEM for i, names in history.items() if f.value in names]
+    drivers = named or [a.history_item_id for a in entry.ranked.attributions if a.contribution > 0 and a.history_item_id in history]
+    driver = drivers[0] if drivers else None
     return Card(
         item_id=entry.item_id,
         title=entry.title,
@@ -142,7 +144,7 @@ def build_shop(service: WhyrecService, settings: Settings) -> gr.Blocks:
         chat = chat + [{"role": "assistant", "content": lead + "Looking at your history…"}]
         view = SlateView(user_id)
         yield chat, view, gr.update()
-        history = {e.item_id for e in service.history(user_id)}
+        history = {e.item_id: [short_title(catalog.items[e.item_id]), catalog.items[e.item_id].title] for e in service.history(user_id)}
         for event in service.stream(user_id, k, request):
             if isinstance(event, SlateRanked):
                 cards = tuple(Card(r.item_id, t, r.rank) for r, t in zip(event.slate.items, event.titles))
@@ -237,8 +239,8 @@ def build_shop(service: WhyrecService, settings: Settings) -> gr.Blocks:
                                 if card.driver_id:
                                     label = f"Don't use “{short_title(catalog.items[card.driver_id])}” for my picks"
                                     b_ex = gr.Button(label, size="sm", elem_classes=["ctl-exclude"], key=f"ex-{card.item_id}")
-                                b_up = gr.Button("👍 Helpful", size="sm", elem_classes=["ctl-helpful"], key=f"up-{card.item_id}", interactive=view.impression_id is not None)
-                                b_down = gr.Button("👎 Not helpful", size="sm", elem_classes=["ctl-not-helpful"], key=f"down-{card.item_id}", interactive=view.impression_id is not None)
+                                b_up = gr.Button("Helpful", size="sm", elem_classes=["ctl-helpful"], key=f"up-{card.item_id}", interactive=view.impression_id is not None)
+                                b_down = gr.Button("Not helpful", size="sm", elem_classes=["ctl-not-helpful"], key=f"down-{card.item_id}", interactive=view.impression_id is not None)
                         outputs = [chat, view_state, history]
                         inputs = [chat, shopper, view_state]
                         b_ni.click(_bind(control, FeedbackKind.NOT_INTERESTED, card.item_id), inputs, outputs)
