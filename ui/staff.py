@@ -199,7 +199,7 @@ def build_staff(service: WhyrecService, settings: Settings) -> gr.Blocks:
                 l_run = gr.Button("Run side by side", variant="primary", elem_id="lab-run")
                 l_save = gr.Button("Save as new version", elem_id="lab-save")
             l_metrics = gr.Dataframe(headers=METRIC_COLUMNS, label="Metrics", elem_id="lab-metrics", interactive=False)
-            l_samples = gr.Dataframe(headers=["shopper", "item", "current", "edited"], label="Side by side", elem_id="lab-samples", interactive=False, wrap=True)
+            l_samples = gr.Dataframe(headers=["shopper", "item", "current", "edited"], label="Side by side", elem_id="lab-samples", interactive=False, wrap=True, column_widths=["8%", "24%", "34%", "34%"])
             l_diff = gr.Code(label="Diff against the current template", elem_id="lab-diff", interactive=False)
             l_status = gr.Markdown(elem_id="lab-status")
             l_run.click(run_lab, [l_text, l_n], [l_metrics, l_samples, l_diff])
