@@ -90,11 +90,18 @@ def run_level(base: str, users: list[str], concurrency: int, requests_per_shoppe
     """`concurrency` shoppers at once, each asking for its slate `requests_per_shopper` times in a row."""
     latencies: list[float] = []
     sources: dict[str, int] = {}
+    errors: list[str] = []
     lock = threading.Lock()
 
     def shopper(user: str) -> None:
         for _ in range(requests_per_shopper):
-            seconds, body = get_json(f"{base}/api/shoppers/{user}/recommendations?k={k}")
+            try:
+                seconds, body = get_json(f"{base}/api/shoppers/{user}/recommendations?k={k}")
+            except OSError as exc:  # counted, not fatal: the table reports errors per level
+                with lock:
+                    errors.append(f"{user}: {exc}")
+                    progress.update(1)
+                continue
             with lock:
                 latencies.append(seconds)
                 for item in body["items"]:
@@ -107,10 +114,11 @@ def run_level(base: str, users: list[str], concurrency: int, requests_per_shoppe
     wall = time.perf_counter() - started
     return {
         "concurrency": concurrency,
-        "requests": len(latencies),
-        "p50_s": statistics.median(latencies),
-        "p95_s": percentile(latencies, 95),
-        "max_s": max(latencies),
+        "requests": len(latencies) + len(errors),
+        "errors": errors,
+        "p50_s": statistics.median(latencies) if latencies else float("nan"),
+        "p95_s": percentile(latencies, 95) if latencies else float("nan"),
+        "max_s": max(latencies, default=float("nan")),
         "throughput_slates_per_s": len(latencies) / wall,
         "throughput_explanations_per_s": sum(sources.values()) / wall,
         "wall_s": wall,
@@ -128,6 +136,7 @@ def main() -> None:
     parser.add_argument("--requests", default="3,2,1", help="requests per shopper at each level")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--stream-requests", type=int, default=3)
+    parser.add_argument("--llm-timeout", type=float, default=600.0, help="WHYREC_LLM_TIMEOUT_S for the server: long, so queueing shows as latency, not as errors")
     args = parser.parse_args()
 
     processes: list[subprocess.Popen] = []
@@ -145,7 +154,7 @@ def main() -> None:
             processes.append(subprocess.Popen([sys.executable, "-m", "whyrec.cli", "llm", "serve", "--port", str(llm_port)], env=env, stdout=vllm_log, stderr=subprocess.STDOUT))
             print(f"starting vLLM on 127.0.0.1:{llm_port} (log {scratch / 'vllm.log'})", file=sys.stderr)
             wait_for(f"http://127.0.0.1:{llm_port}/v1/models", processes[-1], 600, "vLLM")
-            serve_env = {**env, "WHYREC_DATABASE_URL": f"sqlite:///{scratch / 'whyrec.sqlite3'}"}
+            serve_env = {**env, "WHYREC_DATABASE_URL": f"sqlite:///{scratch / 'whyrec.sqlite3'}", "WHYREC_LLM_TIMEOUT_S": str(args.llm_timeout)}
             serve_log = (scratch / "serve.log").open("w")
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "whyrec.cli", "serve", "--data", str(data), "--llm-url", f"http://127.0.0.1:{llm_port}/v1", "--port", str(port)],
@@ -175,6 +184,7 @@ def main() -> None:
         "k": args.k,
         "model": model,
         "backend": "vLLM (OpenAI API), started by `whyrec llm serve`",
+        "llm_timeout_s": args.llm_timeout,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU" if not os.path.exists("/dev/nvidia0") else "GPU",
         "levels": results,
         "streaming": {
@@ -191,12 +201,12 @@ def main() -> None:
         "",
         f"Data: {report['data']}; model: {model}; {report['machine']}. Command: `{report['command']}`",
         "",
-        "| concurrent shoppers | requests | p50 (s) | p95 (s) | slates/s | explanations/s | LLM / template texts |",
-        "|---|---|---|---|---|---|---|",
+        "| concurrent shoppers | requests | errors | p50 (s) | p95 (s) | slates/s | explanations/s | LLM / template texts |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         src = r["explanation_sources"]
-        lines.append(f"| {r['concurrency']} | {r['requests']} | {r['p50_s']:.1f} | {r['p95_s']:.1f} | {r['throughput_slates_per_s']:.3f} | {r['throughput_explanations_per_s']:.2f} | {src.get('llm', 0)} / {src.get('template', 0)} |")
+        lines.append(f"| {r['concurrency']} | {r['requests']} | {len(r['errors'])} | {r['p50_s']:.1f} | {r['p95_s']:.1f} | {r['throughput_slates_per_s']:.3f} | {r['throughput_explanations_per_s']:.2f} | {src.get('llm', 0)} / {src.get('template', 0)} |")
     s = report["streaming"]
     lines += ["", f"Streaming (`/recommendations/stream`, one shopper at a time, {s['requests']} requests): first explanation after {s['first_explanation_p50_s']:.1f} s (p50), whole slate {s['complete_p50_s']:.1f} s (p50)."]
     (RESULTS / "e2e_latency.md").write_text("\n".join(lines) + "\n")

@@ -223,10 +223,9 @@ class Recommender:
         events, history, exclude = self._shopper(user_id, overlay)
         n = max(self.settings.candidates, k)
         with self._stage("retrieval"):
-            candidates = self.retriever.candidates(history, n, exclude)
-            matching = [c for c in self.retriever.candidates(history, TOPIC_POOL, exclude) if _mentions(self.catalog.items[c.item_id], topic)] if topic else []
-            if matching:
-                candidates = matching[:n]
+            pool = self.retriever.candidates(history, max(n, TOPIC_POOL) if topic else n, exclude)
+            matching = [c for c in pool if _mentions(self.catalog.items[c.item_id], topic)] if topic else []
+            candidates = matching[:n] or pool[:n]
         with self._stage("ranking"):
             ranked = self.ranker.rank(self._items(history), candidates, self.catalog.items)
             slate = diversify(ranked, self.retriever.index, k, self.settings.diversity) if self.settings.diversity > 0 else ranked[:k]

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Iterator
 
 from whyrec.catalog import EventKind, Interaction, dedupe_keep_last
-from whyrec.errors import UnknownShopper, WhyrecError
+from whyrec.errors import WhyrecError
 from whyrec.pipeline import Recommender, topic_words
 from whyrec.schema import RankedSlate, RecommendedItem, WhyNot
 from whyrec.store import EventRecord, FeedbackKind, FeedbackRecord, ImpressionRecord, Store
@@ -25,8 +25,7 @@ class InvalidFeedback(WhyrecError):
 class ServedSlate:
     impression: ImpressionRecord
     items: list[RecommendedItem]
-    topic: frozenset[str]
-    topic_matched: bool
+    topic_matched: bool  # the shopper's words narrowed the candidates
 
 
 @dataclass(frozen=True)
@@ -72,16 +71,14 @@ class WhyrecService:
 
     def recommend(self, user_id: str, k: int, request: str = "") -> ServedSlate:
         """A slate with explanations, logged. `request` is the shopper's words ("something for my desk")."""
-        topic = topic_words(request)
-        slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic)
+        slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request))
         items = self.recommender.explain_slate(slate)
-        return self._log(slate, items, topic)
+        return self._log(slate, items)
 
     def stream(self, user_id: str, k: int, request: str = "") -> Iterator[SlateRanked | ItemExplained | SlateLogged]:
         """The same slate as recommend(), yielded as it is made: the ranked items first, then each
         explanation as soon as it has passed (or failed) its check, then the logged impression."""
-        topic = topic_words(request)
-        slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic)
+        slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request))
         yield SlateRanked(slate, [self.catalog.items[r.item_id].title for r in slate.items])
         done: dict[int, RecommendedItem] = {}
         workers = max(1, min(len(slate.items), self.recommender.settings.llm_concurrency))
@@ -91,7 +88,7 @@ class WhyrecService:
                 position = futures[future]
                 done[position] = future.result()[0]
                 yield ItemExplained(position, done[position])
-        yield SlateLogged(self._log(slate, [done[i] for i in range(len(slate.items))], topic))
+        yield SlateLogged(self._log(slate, [done[i] for i in range(len(slate.items))]))
 
     def explain(self, user_id: str, item_id: str, k: int) -> ServedExplanation:
         """Why an item is (or is not) in the shopper's top k, with its explanation; logged as shown."""
@@ -144,19 +141,12 @@ class WhyrecService:
     def impression(self, impression_id: str) -> ImpressionRecord:
         return self.store.impression(impression_id)
 
-    def known_shopper(self, user_id: str) -> bool:
-        try:
-            self.history(user_id)
-            return True
-        except UnknownShopper:
-            return False
-
-    def _log(self, slate: RankedSlate, items: list[RecommendedItem], topic: frozenset[str]) -> ServedSlate:
+    def _log(self, slate: RankedSlate, items: list[RecommendedItem]) -> ServedSlate:
         prompts = [self.recommender.prompt_messages(t) for t in slate.tables]
         impression = self.store.log_impression(slate.user_id, "slate", list(slate.history), items, prompts, self.recommender.retriever.feature_names)
         for entry in items:
             self.metrics.explanations.labels(entry.explanation.source.value).inc()
-        return ServedSlate(impression, items, topic, slate.topic_matched)
+        return ServedSlate(impression, items, slate.topic_matched)
 
 
 def _ids(events: list[Interaction]) -> list[str]:
