@@ -124,6 +124,9 @@ def test_shop_shopper_reads_why_and_not_interested_changes_the_list(server, page
     chip.locator("summary").click()
     assert chip.evaluate("d => d.open") and chip.inner_text().strip()
     page.locator("#shop-chat").get_by_text("picks").first.wait_for()
+    page.locator("#shop-input textarea").fill("why this one?")
+    page.locator("#shop-input textarea").press("Enter")
+    page.locator("#shop-chat").get_by_text("What this rests on").wait_for(timeout=60_000)
     _shot(page, "shop-explained")
 
     page.locator(".ctl-not-interested").first.click()
@@ -179,12 +182,14 @@ def test_prompt_lab_runs_an_edit_side_by_side_and_saves_it_as_a_new_version(serv
     page.get_by_role("tab", name="Prompt lab").click()
     editor = page.locator("#lab-template .cm-content")
     editor.wait_for()
-    current = editor.inner_text()
-    assert "version: 1" in current
+    assert "name: shopper" in editor.inner_text()
+    # The edit starts from the file (the editor's innerText doubles blank lines).
+    current = (REPO / "prompts" / "shopper.v1.yaml").read_text()
     edited = current.replace("Use only the facts.", "Use only the facts. Keep it under twenty words.")
     editor.click()
     page.keyboard.press("Control+A")
     page.keyboard.insert_text(edited)
+    page.keyboard.press("Control+Home")
     sample = page.locator("#lab-sample input[type=number]")
     sample.fill("2")
     sample.press("Enter")
@@ -192,7 +197,8 @@ def test_prompt_lab_runs_an_edit_side_by_side_and_saves_it_as_a_new_version(serv
     page.locator("#lab-metrics").get_by_text("(edited)").wait_for(timeout=SLOW)
     metrics = page.locator("#lab-metrics").inner_text()
     assert "shopper.v1 (current)" in metrics
-    assert "Keep it under twenty words" in page.locator("#lab-diff").inner_text()
+    diff = page.locator("#lab-diff").inner_text()
+    assert "Keep it under twenty words" in diff and diff.count("@@") == 2  # one hunk: the one edited line
 
     page.locator("#lab-save").click()
     page.locator("#lab-status").get_by_text("shopper.v2", exact=True).wait_for(timeout=60_000)
