@@ -65,8 +65,11 @@ def test_after_dont_use_this_purchase_no_explanation_in_the_next_slate_cites_it(
     record = client.get(f"/api/impressions/{second['impression_id']}", auth=STAFF).json()
     item = slice_catalog.items[excluded]
     for shown in record["items"]:
-        said = " ".join([shown["text"]] + [f["text"] for f in shown["fact_table"]])
-        assert short_title(item) not in said and item.title not in said
+        about_history = " ".join(f["text"] for f in shown["fact_table"] if f["about_history"])
+        assert short_title(item) not in about_history and item.title not in about_history
+        # A variant of the excluded item (1-inch vs 3-inch binder) may be recommended under the same name.
+        if short_title(item) not in slice_catalog.items[shown["item_id"]].title:
+            assert short_title(item) not in shown["text"]
         assert excluded not in [a["history_item_id"] for a in shown["attributions"]]
     assert excluded not in record["history"]
     assert excluded not in [i["item_id"] for i in second["items"]]
