@@ -190,14 +190,10 @@ def demo(
     host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
     port: int = typer.Option(7860, help="Port."),
 ):
-    """Launch the Gradio app (the bundled sample store unless --data is given)."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from whyrec.pipeline import Recommender
-    from whyrec.ui import build_app
-
-    recommender = Recommender.load(_settings(data, llm_url))
-    print(f"whyrec demo on http://{host}:{port}", file=sys.stderr, flush=True)
-    build_app(recommender).launch(server_name=host, server_port=port, show_error=True)
+    """Start the whole service (as `whyrec serve`) on the bundled sample store unless --data is
+    given: the Shop view at /shop, the staff console at /staff (set WHYREC_STAFF_PASSWORD_HASH from
+    `whyrec hash-password` to log in), the JSON API at /docs."""
+    serve(data=data, llm_url=llm_url, database_url=None, host=host, port=port)
 
 
 @app.command()
