@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
+from pathlib import Path
 from typing import Any, Iterator
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -31,6 +32,7 @@ class TransformersChatModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     model_path: str
+    adapter_path: str | None = None  # a LoRA adapter from `whyrec explainer tune`, merged in at load
     device: str = "cpu"
     max_new_tokens: int = 60
 
@@ -46,6 +48,14 @@ class TransformersChatModel(BaseChatModel):
             self._model = AutoModelForCausalLM.from_pretrained(self.model_path).to(self.device)
         except OSError as exc:
             raise ConfigError(f"cannot load the generator from '{self.model_path}' ({exc})") from None
+        if self.adapter_path:
+            from peft import PeftModel
+
+            try:
+                # Merged once, so generation costs the same as without an adapter.
+                self._model = PeftModel.from_pretrained(self._model, self.adapter_path).merge_and_unload()
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot load the LoRA adapter from '{self.adapter_path}' ({exc})") from None
         self._model.eval()
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token is None:
@@ -57,7 +67,7 @@ class TransformersChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_path": self.model_path, "max_new_tokens": self.max_new_tokens}
+        return {"model_path": self.model_path, "adapter_path": self.adapter_path, "max_new_tokens": self.max_new_tokens}
 
     def _prompt(self, messages: list[BaseMessage]) -> str:
         chat = [{"role": _ROLE.get(m.type, "user"), "content": m.content} for m in messages]
@@ -109,7 +119,9 @@ def make_chat_model(settings: Settings, generator_path: str | None = None) -> tu
     if settings.llm_url:
         from langchain_openai import ChatOpenAI
 
-        name = settings.llm_model or served_model_name(settings.llm_url, settings.llm_api_key, settings.llm_timeout_s)
+        # A server started by `whyrec llm serve` with an adapter serves it under the adapter's name.
+        name = settings.llm_model or (adapter_name(settings.adapter) if settings.adapter else None)
+        name = name or served_model_name(settings.llm_url, settings.llm_api_key, settings.llm_timeout_s)
         model = ChatOpenAI(
             base_url=settings.llm_url,
             api_key=settings.llm_api_key,
@@ -122,8 +134,14 @@ def make_chat_model(settings: Settings, generator_path: str | None = None) -> tu
         return model, name
     if generator_path is None:
         raise ConfigError("no generator: set WHYREC_GENERATOR or WHYREC_LLM_URL")
-    model = TransformersChatModel(model_path=generator_path, device=settings.resolved_device(), max_new_tokens=settings.max_new_tokens)
-    return model, generator_path
+    adapter = str(settings.adapter) if settings.adapter else None
+    model = TransformersChatModel(model_path=generator_path, adapter_path=adapter, device=settings.resolved_device(), max_new_tokens=settings.max_new_tokens)
+    return model, settings.generator + (f"+{adapter_name(settings.adapter)}" if adapter else "")
+
+
+def adapter_name(adapter: Path) -> str:
+    """The name an adapter is served and recorded under: its folder name."""
+    return Path(adapter).name
 
 
 def served_model_name(base_url: str, api_key: str, timeout: float) -> str:

