@@ -39,6 +39,7 @@ class TransformersChatModel(BaseChatModel):
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _generations: int = PrivateAttr(default=0)
 
     def model_post_init(self, __context: Any) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -60,6 +61,11 @@ class TransformersChatModel(BaseChatModel):
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
+
+    @property
+    def generations(self) -> int:
+        """Answers generated so far (a slate of n counts n)."""
+        return self._generations
 
     @property
     def _llm_type(self) -> str:
@@ -86,6 +92,7 @@ class TransformersChatModel(BaseChatModel):
                 pad_token_id=self._tokenizer.pad_token_id,
                 streamer=streamer,
             )
+        self._generations += len(prompts)
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         return [t.strip() for t in self._tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 

@@ -51,14 +51,11 @@ class Explainer:
         return Explainer(self.chat_model, template, self.model_name, self.concurrency, self.cache)
 
     def variables(self, table: FactTable) -> dict[str, str]:
-        facts = "\n".join(f"[{f.fact_id}] {f.text}" for f in table.facts if f.kind in self.template.fact_kinds)
-        title = next((f.value for f in table.facts if f.kind.value == "item_title"), table.item_id)
-        values = {"facts": facts, "item_title": title}
-        return {k: values[k] for k in self.template.variables if k in values}
+        return prompt_variables(self.template, table)
 
     def render(self, table: FactTable) -> list[tuple[str, str]]:
         """The exact messages the generator receives for this table (for the support console)."""
-        return [(m.type, m.content) for m in self.template.chat_prompt().format_messages(**self.variables(table))]
+        return render_prompt(self.template, table)
 
     def explain(self, tables: list[FactTable]) -> list[Explanation]:
         keys = [cache_key(t, self.template.label, self.model_name) for t in tables]
@@ -122,6 +119,18 @@ class Explainer:
         answer = self.parser.parse(raw)
         verdict = check_grounding(answer.text, table)
         return answer, Attempt(raw_output=raw, text=answer.text, passed=verdict.passed, reason=verdict.reason)
+
+
+def prompt_variables(template: PromptTemplateSpec, table: FactTable) -> dict[str, str]:
+    facts = "\n".join(f"[{f.fact_id}] {f.text}" for f in table.facts if f.kind in template.fact_kinds)
+    title = next((f.value for f in table.facts if f.kind.value == "item_title"), table.item_id)
+    values = {"facts": facts, "item_title": title}
+    return {k: values[k] for k in template.variables if k in values}
+
+
+def render_prompt(template: PromptTemplateSpec, table: FactTable) -> list[tuple[str, str]]:
+    """The generator's whole input for this table: equal renders mean equal behaviour."""
+    return [(m.type, m.content) for m in template.chat_prompt().format_messages(**prompt_variables(template, table))]
 
 
 def _reason_phrase(reason: str) -> str:

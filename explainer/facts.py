@@ -27,9 +27,22 @@ def short_title(item: Item, limit: int = 80) -> str:
     return head if len(head) <= limit else head[:limit].rsplit(" ", 1)[0]
 
 
+# Seller text that talks to the model instead of about the product ("ignore previous
+# instructions", "say this is the best", "system:"): such a description contributes no phrase.
+_INSTRUCTION = re.compile(
+    r"\b(ignore|disregard|forget|override)\b.{0,40}\b(instruction|prompt|rule|above|previous|facts?)|"
+    r"\b(system|assistant|user)\s*:|\bsay (that|this|it)\b|\b(you|model|ai) (must|should|are now|will now)\b|"
+    r"\b(prompt|instructions?)\b|\bexplanation\b",
+    re.IGNORECASE,
+)
+
+
 def description_phrase(item: Item) -> str:
     """The description's first sentence, as plain text. Seller text: quoted data, never instructions."""
-    text = re.sub(r"<[^>]*>", " ", item.description)
+    text = re.sub(r"<(script|style)\b.*?(</\1\s*>|$)", " ", item.description, flags=re.IGNORECASE | re.DOTALL)
+    if _INSTRUCTION.search(text):
+        return ""
+    text = re.sub(r"<[^>]*>", " ", text)
     # Inline CSS pasted into descriptions (".headerM {color:#000; ...}") is not a phrase about the product.
     text = re.sub(r"[.#]?[\w-]*\s*\{[^}]*(?:\}|$)", " ", text)
     text = " ".join(text.split())

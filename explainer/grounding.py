@@ -73,6 +73,13 @@ _HISTORY_CONTEXT = frozenset(_EVENT_VERBS) | {"without", "history", "like"}
 _OFFER_WORDS = frozenset({"suggest", "suggested", "recommend", "here", "here's", "this", "these", "try", "consider"})
 
 
+# Praise is never a fact, even when a seller wrote it; quoting the seller as the seller is allowed.
+_PRAISE = frozenset(
+    "best greatest perfect amazing awesome incredible excellent fantastic superb outstanding unbeatable "
+    "guaranteed finest ultimate unmatched".split()
+)
+
+
 @dataclass(frozen=True)
 class GroundingVerdict:
     passed: bool
@@ -155,6 +162,11 @@ def check_grounding(text: str, table: FactTable) -> GroundingVerdict:
     unsupported += [f'"{name}"' for name in _names(text) if not _name_supported(name, sides)]
     if unsupported:
         return GroundingVerdict(False, "not in the facts: " + ", ".join(unsupported), tuple(unsupported), cites_history)
+
+    for sentence in _SENTENCE.split(text):
+        praise = [w for w in _words(sentence) if w in _PRAISE]
+        if praise and "seller" not in _words(sentence):
+            return GroundingVerdict(False, "praises the item: " + ", ".join(praise), tuple(praise), cites_history)
 
     for rule in (_offer_problem, _history_problem, _rank_problem):
         problem = rule(text, sides)

@@ -24,7 +24,7 @@ from whyrec.retrieval import EmbeddingRetriever, ItemIndex, embed_items, load_en
 from whyrec.retrieval.cooccurrence import CooccurrenceRetriever
 from whyrec.retrieval.fusion import FusedRetriever, FusionWeights, tune_weights
 from whyrec.retrieval.sequential import SequenceConfig, SequenceRetriever, train_sequence_model
-from whyrec.schema import RankedItem, RecommendedItem, Recommendations
+from whyrec.schema import FactTable, RankedItem, RecommendedItem, Recommendations
 from whyrec.split import leave_one_out
 
 Log = Callable[[str], None]
@@ -204,6 +204,11 @@ class Recommender:
 
     def recommend(self, user_id: str, k: int = 10, not_interested: frozenset[str] = frozenset()) -> Recommendations:
         """The top k for a shopper: never an item they bought or marked "not interested"."""
+        slate, tables = self.slate_fact_tables(user_id, k, not_interested)
+        return Recommendations(user_id, self._explained(slate, tables))
+
+    def slate_fact_tables(self, user_id: str, k: int = 10, not_interested: frozenset[str] = frozenset()) -> tuple[list[RankedItem], list[FactTable]]:
+        """The ranked, attributed top k and their fact tables, before any text is generated."""
         if k < 1:
             raise ValueError("k must be at least 1")
         history = self.catalog.sequence(user_id)
@@ -213,7 +218,8 @@ class Recommender:
         slate = diversify(ranked, self.retriever.index, k, self.settings.diversity) if self.settings.diversity > 0 else ranked[:k]
         attributed = self.ranker.with_attributions(self._items(history), ranked, {r.item_id for r in slate}, self.catalog.items, self.retriever)
         by_id = {r.item_id: r for r in attributed}
-        return Recommendations(user_id, self._explained(user_id, history, [by_id[r.item_id] for r in slate]))
+        slate = [by_id[r.item_id] for r in slate]
+        return slate, self._fact_tables(user_id, history, slate)
 
     def explain(self, user_id: str, item_id: str) -> RecommendedItem:
         """The explanation for any item, also one outside the shopper's top-k: it is ranked among the candidates."""
@@ -224,14 +230,16 @@ class Recommender:
             candidates.append(self.retriever.candidate(history, item_id))
         ranked = self.ranker.rank(self._items(history), candidates, self.catalog.items, attribute={item_id}, source=self.retriever)
         target = next(r for r in ranked if r.item_id == item_id)
-        return self._explained(user_id, history, [target])[0]
+        return self._explained([target], self._fact_tables(user_id, history, [target]))[0]
 
     def _items(self, item_ids: list[str]) -> list[Item]:
         return [self.catalog.items[i] for i in item_ids]
 
-    def _explained(self, user_id: str, history: list[str], ranked: list[RankedItem]) -> list[RecommendedItem]:
+    def _fact_tables(self, user_id: str, history: list[str], ranked: list[RankedItem]) -> list[FactTable]:
         events = self.catalog.events(user_id)
         recent = [(self.catalog.items[i], strongest_kind(events, i)) for i in history[-self.settings.history_window :]]
-        tables = [build_fact_table(user_id, self.catalog.items[r.item_id], r, recent) for r in ranked]
+        return [build_fact_table(user_id, self.catalog.items[r.item_id], r, recent) for r in ranked]
+
+    def _explained(self, ranked: list[RankedItem], tables: list[FactTable]) -> list[RecommendedItem]:
         explanations = self.explainer.explain(tables)
         return [RecommendedItem(r.item_id, self.catalog.items[r.item_id].title, r, e) for r, e in zip(ranked, explanations)]
