@@ -126,8 +126,9 @@ def make_chat_model(settings: Settings, generator_path: str | None = None) -> tu
     if settings.llm_url:
         from langchain_openai import ChatOpenAI
 
-        # A server started by `whyrec llm serve` with an adapter serves it under the adapter's name.
-        name = settings.llm_model or (adapter_name(settings.adapter) if settings.adapter else None)
+        # A server started by `whyrec llm serve --adapter` serves it under the same name the
+        # in-process backend records, so explanations and cache keys agree across backends.
+        name = settings.llm_model or (tuned_model_name(settings.generator, settings.adapter) if settings.adapter else None)
         name = name or served_model_name(settings.llm_url, settings.llm_api_key, settings.llm_timeout_s)
         model = ChatOpenAI(
             base_url=settings.llm_url,
@@ -143,12 +144,12 @@ def make_chat_model(settings: Settings, generator_path: str | None = None) -> tu
         raise ConfigError("no generator: set WHYREC_GENERATOR or WHYREC_LLM_URL")
     adapter = str(settings.adapter) if settings.adapter else None
     model = TransformersChatModel(model_path=generator_path, adapter_path=adapter, device=settings.resolved_device(), max_new_tokens=settings.max_new_tokens)
-    return model, settings.generator + (f"+{adapter_name(settings.adapter)}" if adapter else "")
+    return model, tuned_model_name(settings.generator, settings.adapter) if adapter else settings.generator
 
 
-def adapter_name(adapter: Path) -> str:
-    """The name an adapter is served and recorded under: its folder name."""
-    return Path(adapter).name
+def tuned_model_name(generator: str, adapter: Path) -> str:
+    """The name a generator with a LoRA adapter is served and recorded under."""
+    return f"{generator}+{Path(adapter).name}"
 
 
 def served_model_name(base_url: str, api_key: str, timeout: float) -> str:

@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from whyrec.errors import ConfigError
+from whyrec.explainer.backends import tuned_model_name
 
 
 def vllm_command(python: str, model_path: str, served_name: str, host: str, port: int, gpu: bool, adapter: Path | None = None) -> list[str]:
@@ -27,19 +28,19 @@ def vllm_command(python: str, model_path: str, served_name: str, host: str, port
         # greedy answers identical to the in-process backend.
         command += ["--enforce-eager", "--dtype", "float32"]
     if adapter is not None:
-        command += lora_flags(adapter)
+        command += lora_flags(adapter, served_name)
     return command
 
 
-def lora_flags(adapter: Path) -> list[str]:
-    """Serve a `whyrec explainer tune` adapter beside the base model, under the adapter's folder name."""
+def lora_flags(adapter: Path, served_name: str) -> list[str]:
+    """Serve a `whyrec explainer tune` adapter beside the base model, as "<served name>+<adapter folder>"."""
     import json
 
     config = Path(adapter) / "adapter_config.json"
     if not config.exists():
         raise ConfigError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json); make one with `whyrec explainer tune`")
     rank = int(json.loads(config.read_text()).get("r", 16))
-    return ["--enable-lora", "--lora-modules", f"{Path(adapter).name}={Path(adapter).resolve()}", "--max-lora-rank", str(max(8, rank)), "--max-loras", "1"]
+    return ["--enable-lora", "--lora-modules", f"{tuned_model_name(served_name, adapter)}={Path(adapter).resolve()}", "--max-lora-rank", str(max(8, rank)), "--max-loras", "1"]
 
 
 def vllm_env(cache_dir: Path, gpu: bool) -> dict[str, str]:
