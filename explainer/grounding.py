@@ -144,6 +144,8 @@ class _Sides:
         self.event_verbs = {verb for _, verb in self.history_events}
         self.rank = next((f.value for f in facts if f.kind is FactKind.RANK), None)
         self.rank_without = next((f.value for f in facts if f.kind is FactKind.COUNTERFACTUAL), None)
+        # The history item the counterfactual is about: 'Without "X" in your history ...'.
+        self.counterfactual_item = next((_name_tokens(f.text.split('"')[1]) for f in facts if f.kind is FactKind.COUNTERFACTUAL and f.text.count('"') >= 2), None)
         self.popular = any(f.kind is FactKind.POPULAR for f in facts)
 
 
@@ -260,8 +262,23 @@ def _event_verb(history_fact_text: str) -> str:
 
 
 def _rank_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | None:
-    """"#A instead of #B" and "from #A to #B" must put the counterfactual and the rank the right way round."""
+    """"#A instead of #B" and "from #A to #B" must put the counterfactual and the rank the right way
+    round, and be told of the history item the counterfactual is about and of the recommended item."""
     for sentence in _SENTENCE.split(text):
+        if "#" in sentence:
+            for name in _names(sentence):
+                tokens = _name_tokens(name)
+                if any(_subsequence(tokens, i) for i in sides.item_names):
+                    continue
+                if any(_subsequence(tokens, h) for h in sides.history_names) and not (sides.counterfactual_item and _subsequence(tokens, sides.counterfactual_item)):
+                    return f'ties the rank to "{name}", but the counterfactual is about another history item', (name,)
+            subject = re.search(r"\bwould\s+(?:rank|drop|fall|be)|\brank(?:s|ed)?\s+#", sentence)
+            tail = sentence[subject.start() - 80 if subject and subject.start() > 80 else 0 : subject.start()] if subject else ""
+            after_without = re.split(r"\bhistory\b|,", tail)[-1]
+            for name in _names(after_without):
+                tokens = _name_tokens(name)
+                if any(_subsequence(tokens, h) for h in sides.history_names) and not any(_subsequence(tokens, i) for i in sides.item_names):
+                    return f'says "{name}", an item from the history, is what would rank there', (name,)
         pairs = [(m.group(1), m.group(2), "instead") for m in re.finditer(r"#(\d+)\s*(?:,\s*not|instead of|rather than)\s*#(\d+)", sentence)]
         pairs += [(m.group(1), m.group(2), "from") for m in re.finditer(r"from\s*#(\d+)\s*to\s*#(\d+)", sentence)]
         dropping = bool(re.search(r"\b(without|drop|drops|dropped|fall|falls)\b", sentence, re.IGNORECASE))

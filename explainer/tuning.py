@@ -151,9 +151,11 @@ def train_lora(
     out_dir: Path,
     config: TuneConfig = TuneConfig(),
     progress: bool = True,
+    resume: Path | None = None,
 ) -> dict:
     """Fine-tune LoRA adapters on the examples (loss on the answer tokens only) and save them
-    (peft format, loadable by `TransformersChatModel(adapter_path=...)` and by vLLM's --lora-modules)."""
+    (peft format, loadable by `TransformersChatModel(adapter_path=...)` and by vLLM's --lora-modules).
+    `resume` continues training an adapter saved earlier (more examples, same prompt)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from tqdm import tqdm
@@ -162,8 +164,15 @@ def train_lora(
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    if resume is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(resume), is_trainable=True)
+        earlier = json.loads((Path(resume) / ADAPTER_META).read_text()) if (Path(resume) / ADAPTER_META).exists() else {}
+    else:
+        lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+        earlier = {}
     prompt = template.chat_prompt()
 
     def encode(example: TuningExample) -> tuple[list[int], list[int]]:
@@ -211,6 +220,8 @@ def train_lora(
         "base_model": model_path,
         "template": template.label,
         "examples": len(examples),
+        "examples_in_all": len(examples) + earlier.get("examples_in_all", earlier.get("examples", 0)),
+        "resumed_from": earlier or None,
         "config": asdict(config),
         "steps": steps,
         "first_loss": round(sum(losses[:5]) / max(1, len(losses[:5])), 4),

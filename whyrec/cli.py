@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -159,7 +160,8 @@ def eval_ranker(
 def eval_explanations(
     data: Optional[Path] = DataOption,
     users: int = typer.Option(200, min=1, help="Held-out shoppers (never used by `whyrec explainer tune`), a seeded sample."),
-    k: int = typer.Option(1, "-k", "--k", min=1, max=20, help="Explanations per shopper (one slate, one batch)."),
+    k: int = typer.Option(1, "-k", "--k", min=1, max=20, help="Explanations per shopper (the top k of their slate)."),
+    batch_users: int = typer.Option(8, "--batch-users", min=1, help="Shoppers whose slates go to the generator as one batch; latency is reported per explanation."),
     seed: int = typer.Option(0, help="Seed of the shopper sample."),
     backend: str = typer.Option("local", help="local: in-process transformers; openai: the OpenAI-compatible server at --llm-url."),
     llm_url: Optional[str] = LlmUrlOption,
@@ -172,16 +174,16 @@ def eval_explanations(
     """Explanation quality on held-out shoppers: raw and shown grounded rate, fallbacks, unsupported
     claims, unique-sentence ratio, length, history citations, speed; and the grounding check's own
     precision/recall on the hand-labelled sentences."""
-    from tqdm import tqdm
-
     from whyrec.errors import ConfigError
-    from whyrec.explainer.evaluation import explanation_metrics
-    from whyrec.explainer.grounding_eval import DEFAULT_LABELS, evaluate_grounding_check, load_labelled_sentences
-    from whyrec.explainer.tuning import is_held_out
-    from whyrec.pipeline import Recommender, build_explainer
 
     if backend not in ("local", "openai"):
         raise ConfigError(f"--backend must be 'local' or 'openai', not '{backend}'")
+    from tqdm import tqdm
+
+    from whyrec.explainer.evaluation import explanation_metrics
+    from whyrec.explainer.grounding_eval import DEFAULT_LABELS, evaluate_grounding_check, load_labelled_sentences
+    from whyrec.explainer.tuning import is_held_out
+    from whyrec.pipeline import Recommender
     settings = _settings(data, llm_url if backend == "openai" else None)
     if backend == "openai" and not settings.llm_url:
         raise ConfigError("--backend openai needs --llm-url (or WHYREC_LLM_URL)")
@@ -196,21 +198,20 @@ def eval_explanations(
         report["grounding_check"][key] = report["grounding_check"][key][:10]
     recommender = Recommender.load(settings)
     explainer = recommender.explainer
-    import random as _random
-
     held_out = [u for u in recommender.catalog.users if is_held_out(u)]
-    sample = _random.Random(seed).sample(held_out, min(users, len(held_out)))
-    tables, explanations, seconds = [], [], 0.0
-    for user in tqdm(sample, desc="explaining held-out shoppers"):
-        _, slate_tables = recommender.slate_fact_tables(user, k)
-        started = time.time()
-        explanations += explainer.explain(slate_tables)
-        seconds += time.time() - started
-        tables += slate_tables
+    sample = random.Random(seed).sample(held_out, min(users, len(held_out)))
+    tables = [t for user in tqdm(sample, desc="ranking held-out shoppers") for t in recommender.slate_fact_tables(user, k)[1]]
+    # Slates of `batch_users` shoppers go to the generator together, as a busy service would send them.
+    explanations, seconds, step = [], 0.0, batch_users * k
+    for start in tqdm(range(0, len(tables), step), desc="explaining"):
+        began = time.time()
+        explanations += explainer.explain(tables[start : start + step])
+        seconds += time.time() - began
     report["explanations"] = {
         "data": recommender.catalog.name,
         "shoppers": len(sample),
         "per_shopper": k,
+        "batch": batch_users * k,
         "backend": backend,
         "model": explainer.model_name,
         "template": explainer.template.label,
@@ -260,12 +261,15 @@ def explainer_tune(
     learning_rate: float = typer.Option(1e-3, help="AdamW learning rate (linear decay)."),
     eval_users: int = typer.Option(40, min=0, help="Held-out shoppers to measure the raw grounded rate and USR on, before and after (0 = skip)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Adapter folder. Default: <cache>/adapters/<generator>/lora-<template>, which the explainer then loads by itself."),
+    resume: bool = typer.Option(False, "--resume", help="Continue training the adapter already at --out (use another --seed for new examples)."),
+    seed: int = typer.Option(0, help="Seed of the training shoppers' sample and of training."),
     as_json: bool = JsonOption,
 ):
     """Fine-tune the generator with LoRA on grounded explanations made from training shoppers' data.
 
     Held-out shoppers (one in five, by a hash of the id) are never trained on; the raw grounded rate
     and unique-sentence ratio of the model's first answers are measured on them before and after."""
+    from whyrec.errors import ConfigError
     from whyrec.explainer.evaluation import first_answer_metrics
     from whyrec.explainer.tuning import TuneConfig, train_lora, tuning_examples
     from whyrec.pipeline import build_explainer, default_adapter_folder, load_data
@@ -275,12 +279,14 @@ def explainer_tune(
     catalog = load_data(settings)
     base = build_explainer(settings.model_copy(update={"adapter": None, "explanation_cache_size": 0}))
     target = out or default_adapter_folder(settings, base.template)
-    train_set = tuning_examples(catalog, examples, seed=0)
+    if resume and not (target / "adapter_config.json").exists():
+        raise ConfigError(f"--resume: no adapter at {target} to continue")
+    train_set = tuning_examples(catalog, examples, seed=seed)
     held_out = [e.table for e in tuning_examples(catalog, eval_users, seed=1, held_out=True)] if eval_users else []
     print(f"{len(train_set)} training examples from training shoppers; {len(held_out)} held-out shoppers to measure on", file=sys.stderr)
     before = first_answer_metrics(base, held_out) if held_out else None
-    config = TuneConfig(examples=examples, epochs=epochs, rank=rank, alpha=2 * rank, learning_rate=learning_rate)
-    training = train_lora(generator_path(settings), base.template, train_set, base.variables, target, config)
+    config = TuneConfig(examples=examples, epochs=epochs, rank=rank, alpha=2 * rank, learning_rate=learning_rate, seed=seed)
+    training = train_lora(generator_path(settings), base.template, train_set, base.variables, target, config, resume=target if resume else None)
     report = {"adapter": str(target), "training": training, "before": before}
     if held_out:
         tuned = build_explainer(settings.model_copy(update={"adapter": target, "explanation_cache_size": 0}))
