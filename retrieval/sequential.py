@@ -166,44 +166,19 @@ def train_sequence_model(
 ) -> tuple[SequenceRetriever, dict]:
     """Train on every next-item step of `train_sequences` (softmax over the whole catalog), keep the
     epoch with the best validation NDCG@10 (history items excluded from the ranking)."""
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    model = NextItemModel(len(item_ids), text_vectors, config)
-    retriever = SequenceRetriever(model, item_ids)
-    length = config.max_length + 1
-    rows = np.zeros((len(train_sequences), length), dtype=np.int64)
-    for b, sequence in enumerate(train_sequences):
-        ids = [retriever.row[i] for i in sequence if i in retriever.row][-length:]
-        if ids:
-            rows[b, -len(ids) :] = ids
-    rows = rows[(rows > 0).sum(axis=1) >= 2]
-    lengths = (rows > 0).sum(axis=1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model, retriever, rows, lengths, optimizer, rng = _training_setup(item_ids, train_sequences, text_vectors, config)
     best, best_state, best_epoch, stale = -1.0, None, 0, 0
     started = time.time()
     history = []
     bar = tqdm(range(1, config.max_epochs + 1), desc="sequence model", unit="epoch", file=sys.stderr, dynamic_ncols=True)
     for epoch in bar:
-        model.train()
-        total = 0.0
-        for batch_rows in _length_buckets(lengths, config.batch_size, rng):
-            batch = rows[batch_rows]
-            batch = torch.from_numpy(batch[:, -int((batch > 0).sum(axis=1).max()) :])
-            inputs, targets = batch[:, :-1], batch[:, 1:]
-            # Most sequences are far shorter than the window: score only real next items, not padding.
-            real = targets > 0
-            logits = model.hidden(inputs)[real] @ model.item_matrix().T
-            loss = nn.functional.cross_entropy(logits, targets[real])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
+        loss = _train_epoch(model, rows, lengths, optimizer, config, rng)
         if epoch % config.validate_every:
             continue
         model.eval()
         ndcg = validation_ndcg(retriever, valid_cases)
         history.append({"epoch": epoch, "valid_ndcg@10": round(ndcg, 5)})
-        bar.set_postfix(loss=f"{total / max(1, math.ceil(len(rows) / config.batch_size)):.3f}", ndcg=f"{ndcg:.4f}")
+        bar.set_postfix(loss=f"{loss:.3f}", ndcg=f"{ndcg:.4f}")
         if ndcg > best:
             best, best_epoch, stale = ndcg, epoch, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -218,6 +193,58 @@ def train_sequence_model(
     report = {"best_epoch": best_epoch, "valid_ndcg@10": round(best, 5), "seconds": round(time.time() - started, 1), "history": history}
     log(f"sequence model: best validation NDCG@10 {best:.4f} at epoch {best_epoch} ({report['seconds']:.0f}s)")
     return retriever, report
+
+
+def refit_sequence_model(
+    item_ids: list[str],
+    sequences: list[list[str]],
+    text_vectors: np.ndarray | None,
+    epochs: int,
+    config: SequenceConfig = SequenceConfig(),
+) -> SequenceRetriever:
+    """A fresh model trained for a fixed number of epochs (the early-stopped count of
+    train_sequence_model) on longer sequences: the transitions the validation split held back are
+    the shop's most recent ones, and the served model should have learned them."""
+    model, retriever, rows, lengths, optimizer, rng = _training_setup(item_ids, sequences, text_vectors, config)
+    for _ in tqdm(range(epochs), desc="sequence model refit", unit="epoch", file=sys.stderr, dynamic_ncols=True):
+        _train_epoch(model, rows, lengths, optimizer, config, rng)
+    model.eval()
+    return retriever
+
+
+def _training_setup(item_ids, sequences, text_vectors, config):
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = NextItemModel(len(item_ids), text_vectors, config)
+    retriever = SequenceRetriever(model, item_ids)
+    length = config.max_length + 1
+    rows = np.zeros((len(sequences), length), dtype=np.int64)
+    for b, sequence in enumerate(sequences):
+        ids = [retriever.row[i] for i in sequence if i in retriever.row][-length:]
+        if ids:
+            rows[b, -len(ids) :] = ids
+    rows = rows[(rows > 0).sum(axis=1) >= 2]
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    return model, retriever, rows, (rows > 0).sum(axis=1), optimizer, rng
+
+
+def _train_epoch(model: NextItemModel, rows: np.ndarray, lengths: np.ndarray, optimizer, config: SequenceConfig, rng: np.random.Generator) -> float:
+    """One pass over every next-item step; returns the mean batch loss."""
+    model.train()
+    losses = []
+    for batch_rows in _length_buckets(lengths, config.batch_size, rng):
+        batch = rows[batch_rows]
+        batch = torch.from_numpy(batch[:, -int((batch > 0).sum(axis=1).max()) :])
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        # Most sequences are far shorter than the window: score only real next items, not padding.
+        real = targets > 0
+        logits = model.hidden(inputs)[real] @ model.item_matrix().T
+        loss = nn.functional.cross_entropy(logits, targets[real])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return float(np.mean(losses)) if losses else 0.0
 
 
 def _length_buckets(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -36,3 +36,22 @@ def test_index_survives_a_save_and_load(tmp_path, slice_embedding):
     query = index.vector(index.item_ids[3])
     assert loaded.item_ids == index.item_ids
     assert loaded.search(query, 5) == index.search(query, 5)
+
+
+def test_a_refit_sequence_model_learns_the_transitions_it_is_given():
+    from whyrec.retrieval.sequential import SequenceConfig, refit_sequence_model
+
+    # Every sequence walks one hidden cycle over 30 items, so the next item is fixed by the last one.
+    rng = np.random.default_rng(0)
+    items = [f"i{k}" for k in range(30)]
+    cycle = list(rng.permutation(30))
+    sequences = []
+    for _ in range(200):
+        start = int(rng.integers(30))
+        sequences.append([items[cycle[(start + s) % 30]] for s in range(6)])
+    config = SequenceConfig(dim=32, dropout=0.1, lr=1e-2)
+    model = refit_sequence_model(items, sequences, None, epochs=30, config=config)
+    histories = [[items[cycle[k]], items[cycle[(k + 1) % 30]]] for k in range(30)]
+    top = np.argmax(model.score_matrix(histories), axis=1)
+    hits = sum(items[t] == items[cycle[(k + 2) % 30]] for k, t in enumerate(top))
+    assert hits >= 27  # chance is 1 in 30

@@ -44,7 +44,7 @@ def cyclic_catalog(users: int = 300, seed: int = 0) -> Catalog:
 
 
 @pytest.mark.integration
-def test_sasrec_learns_a_deterministic_sequence_and_ranks_the_next_item_in_the_top_10(recbole_python):
+def test_sasrec_refit_on_the_validation_items_learns_a_deterministic_sequence(recbole_python):
     catalog = cyclic_catalog()
     eval_users = catalog.users[:100]
     result = sasrec_metrics(catalog, eval_users, recbole_python, seed=0, epochs=5, threads=1, log=lambda m: None)
@@ -53,6 +53,9 @@ def test_sasrec_learns_a_deterministic_sequence_and_ranks_the_next_item_in_the_t
     assert result["recall@10"] >= 0.8
     assert 0 < result["ndcg@10"] <= result["recall@10"] <= result["recall@50"] <= 1
     assert result["epochs_run"] == 5 and result["train_seconds"] > 0
+    # The reported figures are the refit model's; the early-stopped model's are kept beside them.
+    assert result["refit"] and 1 <= result["best_epoch"] <= 5 and result["refit_seconds"] > 0
+    assert 0 < result["early_stopped_ndcg@10"] <= 1
 
 
 def test_a_missing_recbole_interpreter_names_the_setup_script(tmp_path):

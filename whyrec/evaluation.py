@@ -29,8 +29,9 @@ METRIC_KEYS = ("ndcg@10", "recall@10", "recall@50", "mrr")
 PROTOCOL = (
     "leave-one-out: last item of each shopper = target, all earlier items = history; "
     "full-catalog ranking with the shopper's history items excluded; "
-    "popularity and co-occurrence counted on histories only, the sequence model and SASRec trained on "
-    "histories without their last item (that item is the validation target); whyrec = the cross-encoder "
+    "popularity and co-occurrence counted on histories only; the sequence model and SASRec early-stopped on "
+    "each history's last item (the validation target) with the items before it, then refit for that many "
+    "epochs on the whole histories (no target is ever a training label); whyrec = the cross-encoder "
     "ranker over the top-{n} fused retrieval candidates, then the remaining items in fused retrieval order"
 )
 

@@ -23,7 +23,7 @@ from whyrec.ranker.model import FEATURE_SCALE
 from whyrec.retrieval import EmbeddingRetriever, ItemIndex, embed_items, load_encoder
 from whyrec.retrieval.cooccurrence import CooccurrenceRetriever
 from whyrec.retrieval.fusion import FusedRetriever, FusionWeights, tune_weights
-from whyrec.retrieval.sequential import SequenceConfig, SequenceRetriever, train_sequence_model
+from whyrec.retrieval.sequential import SequenceConfig, SequenceRetriever, refit_sequence_model, train_sequence_model
 from whyrec.schema import FactTable, RankedItem, RecommendedItem, Recommendations
 from whyrec.split import leave_one_out
 
@@ -55,7 +55,7 @@ def cache_folder(settings: Settings, catalog: Catalog) -> Path:
 
 def models_folder(settings: Settings, catalog: Catalog) -> Path:
     """Everything trained on this data with this encoder: the sequence model and fusion weights, and the ranker."""
-    return cache_folder(settings, catalog) / f"models-v2-{_short_hash(models.encoder_path(settings))}"
+    return cache_folder(settings, catalog) / f"models-v3-{_short_hash(models.encoder_path(settings))}"
 
 
 def ranker_folder(settings: Settings, catalog: Catalog) -> Path:
@@ -103,25 +103,38 @@ def train(
     sequence_config: SequenceConfig = SequenceConfig(),
     log: Log = stderr_log,
 ) -> TrainSummary:
-    """Train everything that learns from the shop's interactions, on the leave-one-out training part:
-    the sequence model (early-stopped on the validation items), the fusion weights (tuned for
-    candidate recall on them) and the cross-encoder (fine-tuned on them, with hard negatives from
-    the fused candidates; the collaborative sources never saw these items)."""
+    """Train everything that learns from the shop's interactions.
+
+    Stacked, so that nothing is tuned on items it was fit on: the sequence model trains on the
+    leave-one-out training part (early-stopped on the validation items), the fusion weights are
+    tuned for candidate recall on the validation items, and the cross-encoder is fine-tuned on them
+    with hard negatives from those sources. The sequence model that is saved for serving is then
+    refit, for the early-stopped number of epochs, on every shopper's sequence up to their last
+    item: the validation transitions are the shop's most recent ones (co-occurrence counts them at
+    serving time too), and the last item stays unseen so the offline evaluation is untouched."""
     started = time.time()
     split = leave_one_out(catalog)
     train_sequences = list(split.train.values())
     valid = [(c.history, c.target) for c in split.valid]
-    log(f"1/3 sequence model on {len(train_sequences)} shoppers' sequences")
+    log(f"1/4 sequence model on {len(train_sequences)} shoppers' sequences")
     sequence, sequence_report = train_sequence_model(
         embedding.index.item_ids, train_sequences, valid, embedding.index.vectors, sequence_config, log=log
     )
     retriever = FusedRetriever(embedding, CooccurrenceRetriever(train_sequences, history_window=settings.history_window), sequence)
     weights, recall = tune_weights(retriever, valid) if valid else (FusionWeights(), 0.0)
     retriever.weights = weights
-    log(f"2/3 fusion weights {asdict(weights)}: candidate recall@50 {recall:.4f} on the validation items")
-    sequence.save(sequence_folder(settings, catalog), {"fusion_weights": asdict(weights), "report": sequence_report})
+    log(f"2/4 fusion weights {asdict(weights)}: candidate recall@50 {recall:.4f} on the validation items")
 
-    log("3/3 cross-encoder ranker")
+    epochs = max(1, sequence_report["best_epoch"])
+    # Shoppers too short to hold anything out are in the training part whole already.
+    refit_sequences = list({**split.train, **{c.user_id: c.history for c in split.test}}.values())
+    log(f"3/4 sequence model refit on {len(refit_sequences)} shoppers' sequences up to their last item ({epochs} epochs)")
+    refit_started = time.time()
+    served = refit_sequence_model(embedding.index.item_ids, refit_sequences, embedding.index.vectors, epochs, sequence_config)
+    sequence_report["refit"] = {"epochs": epochs, "sequences": len(refit_sequences), "seconds": round(time.time() - refit_started, 1)}
+    served.save(sequence_folder(settings, catalog), {"fusion_weights": asdict(weights), "report": sequence_report})
+
+    log("4/4 cross-encoder ranker")
     ranker = CrossEncoderRanker.from_base(
         models.encoder_path(settings),
         settings.resolved_device(),

@@ -4,13 +4,17 @@ Runs under the RecBole virtualenv (``bash scripts/setup-recbole.sh`` makes ``.ve
 does not have whyrec installed, so this file imports nothing from whyrec::
 
     .venv-recbole/bin/python whyrec/recbole_sasrec.py --sequences seqs.json --eval-users users.json \\
-        --out result.json [--epochs N] [--seed S] [--threads T] [--workdir DIR]
+        --out result.json [--epochs N] [--seed S] [--threads T] [--workdir DIR] [--no-refit]
 
 ``seqs.json`` maps user id -> item ids in time order (each user's whole sequence: the last item is
 the test target, the second-last the validation target). ``users.json`` lists the users to score.
 
 Training follows RecBole's own leave-one-out split (LS valid_and_test, order TO), so the model never
 sees a validation or test target as a training label; early stopping watches validation NDCG@10.
+Then, unless ``--no-refit``, a fresh SASRec is trained for the best epoch count on every item
+before each user's last one (RecBole's LS test_only split, no validation at all), the same refit
+whyrec's own sequence model gets: the validation transitions are the most recent ones, and leaving
+them out of the final model would handicap the baseline. The last item is never a training label.
 RecBole 1.2.1 does not exclude a user's history items when it ranks for sequential models, so the
 best checkpoint is re-scored here: full catalog (every item RecBole knows), history items (every
 item before the target) set to -inf, rank of the target 1-based with ties counting half. That is
@@ -42,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep RecBole's files here (default: a temp dir, removed after)")
+    parser.add_argument("--no-refit", dest="refit", action="store_false", help="score the early-stopped model instead of refitting it on the validation items too")
     return parser.parse_args(argv)
 
 
@@ -225,19 +230,24 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     model = SASRec(config, train_data._dataset).to(config["device"])
     trainer = Trainer(config, model)
 
-    epochs_run = 0
-    train_epoch = trainer._train_epoch
+    epochs_run, best_epoch = 0, 0
+    train_epoch, save_checkpoint = trainer._train_epoch, trainer._save_checkpoint
 
     def counted_train_epoch(*a, **k):
         nonlocal epochs_run
         epochs_run += 1
         return train_epoch(*a, **k)
 
-    trainer._train_epoch = counted_train_epoch
+    def noted_save_checkpoint(epoch, *a, **k):  # called when validation improves
+        nonlocal best_epoch
+        best_epoch = epoch + 1
+        return save_checkpoint(epoch, *a, **k)
+
+    trainer._train_epoch, trainer._save_checkpoint = counted_train_epoch, noted_save_checkpoint
     started = time.perf_counter()
     best_valid_score, _ = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     train_seconds = time.perf_counter() - started
-    log(f"trained {epochs_run} epochs in {train_seconds:.0f}s; best valid NDCG@10 {best_valid_score:.4f}")
+    log(f"trained {epochs_run} epochs in {train_seconds:.0f}s; best valid NDCG@10 {best_valid_score:.4f} at epoch {best_epoch}")
 
     # RecBole's own test figures (history NOT excluded), for comparison with its printed numbers.
     recbole_test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
@@ -246,8 +256,35 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     checkpoint = torch.load(trainer.saved_model_file, map_location="cpu")
     model.load_state_dict(checkpoint["state_dict"])
     ranks, skipped = rescore(torch, model, dataset, config, sequences, eval_users)
-    result = metrics(ranks)
-    log("re-scored with history excluded: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()) + f" ({len(ranks)} users)")
+    early_stopped = metrics(ranks)
+    log("early-stopped model re-scored with history excluded: " + ", ".join(f"{k} {v:.4f}" for k, v in early_stopped.items()) + f" ({len(ranks)} users)")
+    result = dict(early_stopped)
+    refit_seconds = 0.0
+    if args.refit:
+        started = time.perf_counter()
+        refit_config = Config(
+            model="SASRec",
+            dataset=DATASET,
+            config_dict={
+                **config_dict(workdir, max(1, best_epoch), args.seed),
+                "checkpoint_dir": str(workdir / "saved-refit"),
+                # Only the last item is held out; no validation runs, so nothing peeks at it.
+                "eval_args": {"split": {"LS": "test_only"}, "group_by": "user", "order": "TO", "mode": "full"},
+                "eval_step": 0,
+            },
+        )
+        init_seed(refit_config["seed"], refit_config["reproducibility"])
+        torch.autograd.set_detect_anomaly(False)
+        refit_dataset = create_dataset(refit_config)
+        refit_train, _, _ = data_preparation(refit_config, refit_dataset)
+        init_seed(refit_config["seed"] + refit_config["local_rank"], refit_config["reproducibility"])
+        refit_model = SASRec(refit_config, refit_train._dataset).to(refit_config["device"])
+        Trainer(refit_config, refit_model).fit(refit_train, None, saved=False, show_progress=False)
+        refit_seconds = time.perf_counter() - started
+        ranks, skipped = rescore(torch, refit_model, refit_dataset, refit_config, sequences, eval_users)
+        result = metrics(ranks)
+        log(f"refit for {max(1, best_epoch)} epochs in {refit_seconds:.0f}s, re-scored with history excluded: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result.items()) + f" ({len(ranks)} users)")
     result.update(
         {
             "users": len(ranks),
@@ -256,6 +293,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
             "train_seconds": round(train_seconds, 1),
             "best_valid_ndcg@10": float(best_valid_score),
             "epochs_run": epochs_run,
+            "best_epoch": best_epoch,
+            "refit": bool(args.refit),
+            "refit_seconds": round(refit_seconds, 1),
+            # The early-stopped model's figures, when the main ones are the refit model's.
+            **({f"early_stopped_{k}": v for k, v in early_stopped.items()} if args.refit else {}),
             # RecBole's own test figures, history not excluded (e.g. "recbole_unmasked_ndcg@10")
             **{f"recbole_unmasked_{k}": float(v) for k, v in recbole_test.items()},
             "seed": args.seed,

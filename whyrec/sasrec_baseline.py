@@ -65,9 +65,12 @@ def sasrec_metrics(
     threads: int | None = None,
 ) -> dict[str, float]:
     """Train SASRec on every shopper's sequence (RecBole's leave-one-out split: the last two items are
-    held out) and score `eval_user_ids` on their last item. Returns "ndcg@10", "recall@10",
-    "recall@50", "mrr", plus "users", "train_seconds", "best_valid_ndcg@10", "epochs_run" and
-    RecBole's own (history not excluded) test figures under "recbole_unmasked_*"."""
+    held out, early stopping on the second-last), refit it for the best epoch count on everything but
+    the last item (as whyrec's own sequence model is), and score `eval_user_ids` on their last item.
+    Returns "ndcg@10", "recall@10", "recall@50", "mrr" of the refit model, plus "users",
+    "train_seconds", "best_valid_ndcg@10", "epochs_run", "best_epoch", "refit_seconds", the
+    early-stopped model's figures under "early_stopped_*" and RecBole's own (history not excluded)
+    test figures under "recbole_unmasked_*"."""
     missing = [u for u in eval_user_ids if u not in set(catalog.users)]
     if missing:
         raise WhyrecError(f"SASRec baseline: {len(missing)} eval users are not in {catalog.name}, e.g. {missing[:3]}")
