@@ -99,7 +99,7 @@ def test_a_cached_explanation_costs_no_generation(slice_recommender, slice_catal
 
     shared = slice_recommender.explainer
     explainer = Explainer(shared.chat_model, shared.template, shared.model_name, cache=ExplanationCache())
-    _, tables = slice_recommender.slate_fact_tables(slice_catalog.users[1], 2)
+    tables = list(slice_recommender.rank(slice_catalog.users[1], 2).tables)
     first = explainer.explain(tables)
     generated = shared.chat_model.generations
     assert generated >= 2

@@ -64,7 +64,7 @@ def vllm_url(cache_dir, tmp_path_factory, untrained_adapter):
 
 
 def _tables(recommender, user, k):
-    return recommender.slate_fact_tables(user, k)[1]
+    return list(recommender.rank(user, k).tables)
 
 
 def test_vllm_backend_explains_a_slate_as_one_batch_and_records_the_served_model(vllm_url, cache_dir, slice_recommender, slice_catalog):

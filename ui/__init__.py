@@ -1,5 +1,5 @@
-"""The Gradio app."""
+"""The Gradio UI: the service's Shop view and staff console (Support, Prompt lab)."""
 
-from whyrec.ui.app import build_app
+from whyrec.ui.mount import mount_views
 
-__all__ = ["build_app"]
+__all__ = ["mount_views"]

@@ -200,7 +200,7 @@ def eval_explanations(
     explainer = recommender.explainer
     held_out = [u for u in recommender.catalog.users if is_held_out(u)]
     sample = random.Random(seed).sample(held_out, min(users, len(held_out)))
-    tables = [t for user in tqdm(sample, desc="ranking held-out shoppers") for t in recommender.slate_fact_tables(user, k)[1]]
+    tables = [t for user in tqdm(sample, desc="ranking held-out shoppers") for t in recommender.rank(user, k).tables]
     # Slates of `batch_users` shoppers go to the generator together, as a busy service would send them.
     explanations, seconds, step = [], 0.0, batch_users * k
     for start in tqdm(range(0, len(tables), step), desc="explaining"):
@@ -347,14 +347,45 @@ def demo(
     host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
     port: int = typer.Option(7860, help="Port."),
 ):
-    """Launch the Gradio app (the bundled sample store unless --data is given)."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from whyrec.pipeline import Recommender
-    from whyrec.ui import build_app
+    """Start the whole service (as `whyrec serve`) on the bundled sample store unless --data is
+    given: the Shop view at /shop, the staff console at /staff (set WHYREC_STAFF_PASSWORD_HASH from
+    `whyrec hash-password` to log in), the JSON API at /docs."""
+    serve(data=data, llm_url=llm_url, database_url=None, host=host, port=port)
 
-    recommender = Recommender.load(_settings(data, llm_url))
-    print(f"whyrec demo on http://{host}:{port}", file=sys.stderr, flush=True)
-    build_app(recommender).launch(server_name=host, server_port=port, show_error=True)
+
+@app.command()
+def serve(
+    data: Optional[Path] = DataOption,
+    llm_url: Optional[str] = LlmUrlOption,
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="SQLAlchemy URL of the impression/feedback store. Default: $WHYREC_DATABASE_URL, else a SQLite file in ~/.local/share/whyrec/."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
+    port: int = typer.Option(8080, help="Port."),
+):
+    """Serve the JSON API (docs at /docs, metrics at /metrics) with the Gradio views on the same port:
+    the Shop view at /shop, Support and Prompt lab at /staff (staff login)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import uvicorn
+
+    from whyrec.server import build_server
+
+    settings = _settings(data, llm_url, database_url=database_url)
+    server = build_server(settings)
+    print(f"whyrec serving on http://{host}:{port} (shop /shop/, staff /staff/, API docs /docs)", file=sys.stderr, flush=True)
+    uvicorn.run(server, host=host, port=port, log_level="warning")
+
+
+@app.command("hash-password")
+def hash_password_command():
+    """Read a staff password (prompted, or one line on stdin) and print the hash for WHYREC_STAFF_PASSWORD_HASH."""
+    from whyrec.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = typer.prompt("staff password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise WhyrecError("the password is empty")
+    print(hash_password(password))
 
 
 def main() -> None:

@@ -45,6 +45,18 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 7860
 
+    # Service (`whyrec serve`): impression log and feedback store, staff login, Prompt lab.
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the impression/feedback store; unset = a SQLite file in ~/.local/share/whyrec/.")
+    staff_user: str = Field("staff", description="Login name for the Support and Prompt lab views and the agent API.")
+    staff_password_hash: str | None = Field(None, description="Hash of the staff password (`whyrec hash-password`); unset = staff views and endpoints refuse every login.")
+    prompts_dir: Path | None = Field(None, description="Folder the Prompt lab saves new template versions to (and loads them from); unset = the package's prompts/ folder.")
+    shop_k: int = Field(5, ge=1, le=50, description="Items per slate in the Shop view.")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path.home() / '.local' / 'share' / 'whyrec' / 'whyrec.sqlite3'}"
+
     def resolved_device(self) -> str:
         if self.device != "auto":
             return self.device

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from whyrec import models
-from whyrec.catalog import Catalog, Item, fingerprint, strongest_kind
+from whyrec.catalog import Catalog, EventKind, Interaction, Item, dedupe_keep_last, fingerprint, strongest_kind
 from whyrec.config import Settings
-from whyrec.errors import ConfigError
-from whyrec.explainer import Explainer, build_fact_table, load_template, make_chat_model
+from whyrec.errors import ConfigError, UnknownShopper, WhyrecError
+from whyrec.explainer import Explainer, PromptTemplateSpec, build_fact_table, load_template, make_chat_model
 from whyrec.explainer.cache import ExplanationCache
-from whyrec.explainer.templates import PromptTemplateSpec
 from whyrec.loaders import load_catalog
 from whyrec.ranker import CrossEncoderRanker, TrainConfig, TrainReport, diversify, train_ranker
 from whyrec.ranker.model import FEATURE_SCALE
@@ -24,7 +25,17 @@ from whyrec.retrieval import EmbeddingRetriever, ItemIndex, embed_items, load_en
 from whyrec.retrieval.cooccurrence import CooccurrenceRetriever
 from whyrec.retrieval.fusion import FusedRetriever, FusionWeights, tune_weights
 from whyrec.retrieval.sequential import SequenceConfig, SequenceRetriever, refit_sequence_model, train_sequence_model
-from whyrec.schema import FactTable, RankedItem, RecommendedItem, Recommendations
+from whyrec.schema import (
+    Change,
+    Explanation,
+    FactTable,
+    RankedItem,
+    RankedSlate,
+    RecommendedItem,
+    Recommendations,
+    ShopperOverlay,
+    WhyNot,
+)
 from whyrec.split import leave_one_out
 
 Log = Callable[[str], None]
@@ -187,7 +198,7 @@ def default_adapter_folder(settings: Settings, template: PromptTemplateSpec) -> 
 def build_explainer(settings: Settings, log: Log = stderr_log) -> Explainer:
     """The configured explainer. Unless WHYREC_ADAPTER says otherwise, a LoRA adapter that
     `whyrec explainer tune` saved for this generator and template is loaded."""
-    template = load_template(settings.prompt, settings.prompt_version)
+    template = load_template(settings.prompt, settings.prompt_version, extra_dirs=[settings.prompts_dir] if settings.prompts_dir else [])
     if settings.adapter is None and not settings.llm_url and "adapter" not in settings.model_fields_set:
         tuned = default_adapter_folder(settings, template)
         if (tuned / "adapter_config.json").exists():
@@ -198,6 +209,10 @@ def build_explainer(settings: Settings, log: Log = stderr_log) -> Explainer:
     return Explainer(chat_model, template, model_name, concurrency=settings.llm_concurrency, cache=cache)
 
 
+StageTimer = Callable[[str, float], None]
+TOPIC_POOL = 200  # candidates searched for items matching an asked topic
+
+
 @dataclass
 class Recommender:
     settings: Settings
@@ -205,6 +220,8 @@ class Recommender:
     retriever: FusedRetriever
     ranker: CrossEncoderRanker
     explainer: Explainer
+    # Called with ("retrieval" | "ranking" | "explanation", seconds) after each stage (the service's metrics).
+    stage_timer: StageTimer | None = None
 
     @classmethod
     def load(cls, settings: Settings, log: Log = stderr_log) -> "Recommender":
@@ -215,44 +232,180 @@ class Recommender:
         log(f"whyrec ready on {catalog!r} in {time.time() - started:.1f}s")
         return cls(settings, catalog, retriever, ranker, explainer)
 
-    def recommend(self, user_id: str, k: int = 10, not_interested: frozenset[str] = frozenset()) -> Recommendations:
+    def recommend(
+        self, user_id: str, k: int = 10, not_interested: frozenset[str] = frozenset(), overlay: ShopperOverlay | None = None
+    ) -> Recommendations:
         """The top k for a shopper: never an item they bought or marked "not interested"."""
-        slate, tables = self.slate_fact_tables(user_id, k, not_interested)
-        return Recommendations(user_id, self._explained(slate, tables))
+        overlay = overlay or ShopperOverlay()
+        if not_interested:
+            overlay = replace(overlay, not_interested=overlay.not_interested | not_interested)
+        return Recommendations(user_id, self.explain_slate(self.rank(user_id, k, overlay)))
 
-    def slate_fact_tables(self, user_id: str, k: int = 10, not_interested: frozenset[str] = frozenset()) -> tuple[list[RankedItem], list[FactTable]]:
-        """The ranked, attributed top k and their fact tables, before any text is generated."""
+    def rank(self, user_id: str, k: int = 10, overlay: ShopperOverlay | None = None, topic: frozenset[str] = frozenset()) -> RankedSlate:
+        """The slate and its fact tables, before any text is generated. `topic` (lower-case words)
+        narrows the candidates to items whose text contains one of them, when any does."""
         if k < 1:
             raise ValueError("k must be at least 1")
-        history = self.catalog.sequence(user_id)
-        exclude = self.catalog.purchased(user_id) | set(not_interested)
-        candidates = self.retriever.candidates(history, max(self.settings.candidates, k), exclude)
-        ranked = self.ranker.rank(self._items(history), candidates, self.catalog.items)
-        slate = diversify(ranked, self.retriever.index, k, self.settings.diversity) if self.settings.diversity > 0 else ranked[:k]
-        attributed = self.ranker.with_attributions(self._items(history), ranked, {r.item_id for r in slate}, self.catalog.items, self.retriever)
+        events, history, exclude = self._shopper(user_id, overlay)
+        n = max(self.settings.candidates, k)
+        with self._stage("retrieval"):
+            pool = self.retriever.candidates(history, max(n, TOPIC_POOL) if topic else n, exclude)
+            matching = [c for c in pool if _mentions(self.catalog.items[c.item_id], topic)] if topic else []
+            candidates = matching[:n] or pool[:n]
+        with self._stage("ranking"):
+            ranked = self.ranker.rank(self._items(history), candidates, self.catalog.items)
+            slate = diversify(ranked, self.retriever.index, k, self.settings.diversity) if self.settings.diversity > 0 else ranked[:k]
+            attributed = self.ranker.with_attributions(self._items(history), ranked, {r.item_id for r in slate}, self.catalog.items, self.retriever)
         by_id = {r.item_id: r for r in attributed}
-        slate = [by_id[r.item_id] for r in slate]
-        return slate, self._fact_tables(user_id, history, slate)
+        items = [by_id[r.item_id] for r in slate]
+        tables = self._fact_tables(user_id, events, history, items)
+        return RankedSlate(user_id, tuple(history), tuple(items), tuple(tables), topic_matched=bool(matching))
 
-    def explain(self, user_id: str, item_id: str) -> RecommendedItem:
+    def explain_slate(self, slate: RankedSlate, positions: list[int] | None = None) -> list[RecommendedItem]:
+        """Explanations for the slate's items (or those at `positions`), generated as one batch."""
+        positions = list(range(len(slate.items))) if positions is None else positions
+        tables = [slate.tables[i] for i in positions]
+        with self._stage("explanation"):
+            explanations = self.explainer.explain(tables)
+        return [self._recommended(slate.items[i], e, t) for i, e, t in zip(positions, explanations, tables)]
+
+    def explain(self, user_id: str, item_id: str, overlay: ShopperOverlay | None = None) -> RecommendedItem:
         """The explanation for any item, also one outside the shopper's top-k: it is ranked among the candidates."""
-        history = self.catalog.sequence(user_id)
+        ranking = self._rank_including(user_id, item_id, overlay, self.settings.candidates)
+        target = ranking.target
+        table = self._fact_tables(user_id, ranking.events, ranking.history, [target])[0]
+        with self._stage("explanation"):
+            explanation = self.explainer.explain([table])[0]
+        return self._recommended(target, explanation, table)
+
+    def why_not(self, user_id: str, item_id: str, k: int = 10, overlay: ShopperOverlay | None = None) -> WhyNot:
+        """Where an item stands against the k items the shopper would be shown now, and what would
+        change that: counterfactuals from the ranker, no generated text."""
+        overlay = overlay or ShopperOverlay()
+        ranking = self._rank_including(user_id, item_id, overlay, k)
+        events, history, target = ranking.events, ranking.history, ranking.target
+        # The slate is what recommend() would show: only the items the candidate stage proposed.
+        eligible = [r for r in ranking.ranked if r.item_id in ranking.proposed]
+        slate = diversify(eligible, self.retriever.index, k, self.settings.diversity) if self.settings.diversity > 0 else eligible[:k]
+        shown = any(r.item_id == item_id for r in slate)
+        last = slate[-1] if slate else None
+        gap = (last.ranker_score - target.ranker_score) if last else 0.0
+        table = self._fact_tables(user_id, events, history, [target])[0]
+        changes = self._changes(item_id, target, overlay, events, k, shown, gap, eligible)
+        return WhyNot(target, self.catalog.items[item_id].title, table, k, shown, last, gap, tuple(changes))
+
+    def history_events(self, user_id: str, overlay: ShopperOverlay | None = None) -> list[Interaction]:
+        """The shopper's events as the recommender reads them: posted events added, excluded purchases left out."""
+        return self._shopper(user_id, overlay)[0]
+
+    def prompt_messages(self, table: FactTable) -> list[tuple[str, str]]:
+        """The exact messages the generator receives for this table (first attempt)."""
+        return self.explainer.render(table)
+
+    def explainer_for(self, template: PromptTemplateSpec) -> Explainer:
+        """An explainer with another template on the same loaded generator (the Prompt lab)."""
+        return Explainer(self.explainer.chat_model, template, self.explainer.model_name, concurrency=self.settings.llm_concurrency)
+
+    def _shopper(self, user_id: str, overlay: ShopperOverlay | None) -> tuple[list[Interaction], list[str], set[str]]:
+        """The shopper's events and history with the overlay applied, and the items never to recommend."""
+        overlay = overlay or ShopperOverlay()
+        try:
+            events = list(self.catalog.events(user_id))
+        except UnknownShopper:
+            if not overlay.events:
+                raise
+            events = []  # a new shopper, known only from events posted to the service
+        events = [e for e in [*events, *overlay.events] if e.item_id not in overlay.excluded_history]
+        history = dedupe_keep_last(e.item_id for e in events)
+        if not history:
+            raise WhyrecError(f"shopper '{user_id}' has no history left to recommend from: every item in it was excluded")
+        purchased = {e.item_id for e in events if e.kind is EventKind.PURCHASE}
+        return events, history, purchased | overlay.not_interested | overlay.excluded_history
+
+    def _rank_including(self, user_id: str, item_id: str, overlay: ShopperOverlay | None, n: int) -> "_Ranking":
+        """The shopper's top-n candidates plus `item_id`, ranked, with attributions for `item_id`."""
+        events, history, exclude = self._shopper(user_id, overlay)
         self.catalog.item(item_id)
-        candidates = self.retriever.candidates(history, self.settings.candidates, self.catalog.purchased(user_id))
-        if item_id not in {c.item_id for c in candidates}:
-            candidates.append(self.retriever.candidate(history, item_id))
-        ranked = self.ranker.rank(self._items(history), candidates, self.catalog.items, attribute={item_id}, source=self.retriever)
+        with self._stage("retrieval"):
+            candidates = self.retriever.candidates(history, max(self.settings.candidates, n), exclude)
+            proposed = frozenset(c.item_id for c in candidates)
+            if item_id not in proposed:
+                candidates.append(self.retriever.candidate(history, item_id))
+        with self._stage("ranking"):
+            ranked = self.ranker.rank(self._items(history), candidates, self.catalog.items, attribute={item_id}, source=self.retriever)
         target = next(r for r in ranked if r.item_id == item_id)
-        return self._explained([target], self._fact_tables(user_id, history, [target]))[0]
+        return _Ranking(events, history, ranked, target, proposed)
+
+    def _changes(
+        self, item_id: str, target: RankedItem, overlay: ShopperOverlay, events: list[Interaction], k: int, shown: bool, gap: float, eligible: list[RankedItem]
+    ) -> list[Change]:
+        title = self.catalog.items[item_id].title
+        if item_id in overlay.excluded_history:
+            return [Change("blocked", f'The shopper asked not to use "{title}" for recommendations, so it is never shown.')]
+        if item_id in overlay.not_interested:
+            return [Change("blocked", f'The shopper marked "{title}" "not interested", so it is never shown.')]
+        if any(e.item_id == item_id and e.kind is EventKind.PURCHASE for e in events):
+            return [Change("blocked", f'The shopper already bought "{title}", so it is never recommended.')]
+        if shown:
+            return []
+        changes = []
+        for a in target.attributions:
+            if a.contribution < 0 and a.rank_without is not None and a.rank_without < target.rank:
+                name = self.catalog.items[a.history_item_id].title
+                verdict = "and be shown" if a.rank_without <= k else "(still below the top " + str(k) + ")"
+                changes.append(Change("leave_out_history_item", f'Without "{name}" in the history it would rank #{a.rank_without} {verdict}.', a.history_item_id, a.rank_without))
+        above = sum(1 for r in eligible if r.ranker_score > target.ranker_score and r.item_id != item_id)
+        if above >= k:
+            needed = above - (k - 1)
+            changes.append(Change("remove_items_above", f"It would be shown if {needed} of the {above} items ranked above it were marked not interested.", None, k))
+        changes.append(Change("score_needed", f"Its score would have to rise by {gap:.3f} to reach the last shown item."))
+        return changes
+
+    def _stage(self, name: str):
+        return _timed(name, self.stage_timer)
 
     def _items(self, item_ids: list[str]) -> list[Item]:
         return [self.catalog.items[i] for i in item_ids]
 
-    def _fact_tables(self, user_id: str, history: list[str], ranked: list[RankedItem]) -> list[FactTable]:
-        events = self.catalog.events(user_id)
+    def _fact_tables(self, user_id: str, events: list[Interaction], history: list[str], ranked: list[RankedItem]) -> list[FactTable]:
         recent = [(self.catalog.items[i], strongest_kind(events, i)) for i in history[-self.settings.history_window :]]
         return [build_fact_table(user_id, self.catalog.items[r.item_id], r, recent) for r in ranked]
 
-    def _explained(self, ranked: list[RankedItem], tables: list[FactTable]) -> list[RecommendedItem]:
-        explanations = self.explainer.explain(tables)
-        return [RecommendedItem(r.item_id, self.catalog.items[r.item_id].title, r, e) for r, e in zip(ranked, explanations)]
+    def _recommended(self, ranked: RankedItem, explanation: Explanation, table: FactTable) -> RecommendedItem:
+        return RecommendedItem(ranked.item_id, self.catalog.items[ranked.item_id].title, ranked, explanation, table)
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    events: list[Interaction]
+    history: list[str]
+    ranked: list[RankedItem]
+    target: RankedItem
+    proposed: frozenset[str]  # what the candidate stage proposed on its own (without the asked item)
+
+
+@contextmanager
+def _timed(stage: str, timer: StageTimer | None):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer(stage, time.perf_counter() - started)
+
+
+def topic_words(text: str) -> frozenset[str]:
+    """The content words of a shopper's request ("something for my desk" -> {"desk"})."""
+    return frozenset(w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2 and w not in _REQUEST_WORDS)
+
+
+_REQUEST_WORDS = frozenset(
+    """show me something anything some for my the and any what with you can could please want need looking
+    find get give recommend recommendations suggest suggestions ideas idea items item products product new more other
+    like would about that this these those have has are was buy shop shopping stuff things thing good best""".split()
+)
+
+
+def _mentions(item: Item, words: frozenset[str]) -> bool:
+    text = set(re.findall(r"[a-z0-9]+", item.text().lower()))
+    return any(w in text or w.rstrip("s") in text or w + "s" in text for w in words)

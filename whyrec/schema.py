@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from whyrec.catalog import Interaction
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -133,6 +135,7 @@ class RecommendedItem:
     title: str
     ranked: RankedItem
     explanation: Explanation
+    fact_table: FactTable | None = None  # every fact the generator was given (explanation.facts: the ones the text uses)
 
     def to_dict(self) -> dict[str, Any]:
         """The CLI/API JSON shape."""
@@ -165,3 +168,49 @@ class Recommendations:
 
 def _fact_dict(fact: Fact) -> dict[str, Any]:
     return {"id": fact.fact_id, "kind": fact.kind.value, "text": fact.text}
+
+
+@dataclass(frozen=True)
+class ShopperOverlay:
+    """What a shopper did and told us since the data was loaded (the service's event and feedback
+    store), laid over the catalog's history on every request."""
+
+    events: tuple[Interaction, ...] = ()  # in time order, after the catalog's events
+    not_interested: frozenset[str] = frozenset()  # never recommended
+    # "Don't use this purchase": never read as history (retrieval, ranker, facts) and never recommended.
+    excluded_history: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class RankedSlate:
+    """A shopper's slate before the explanations: what the ranker chose and the facts for each item."""
+
+    user_id: str
+    history: tuple[str, ...]  # the history it was ranked on, overlay applied
+    items: tuple[RankedItem, ...]  # in slate order, with attributions
+    tables: tuple[FactTable, ...]  # one per item, same order
+    topic_matched: bool = False  # the candidates were narrowed to items matching the asked topic
+
+
+@dataclass(frozen=True)
+class Change:
+    """One thing that would move an item, computed by the ranker, not guessed."""
+
+    kind: str  # "blocked", "leave_out_history_item", "remove_items_above", "score_needed"
+    text: str
+    history_item_id: str | None = None
+    new_rank: int | None = None
+
+
+@dataclass(frozen=True)
+class WhyNot:
+    """Where an item stands against the slate a shopper would be shown now."""
+
+    item: RankedItem  # ranked among the shopper's candidates, with attributions
+    title: str
+    fact_table: FactTable
+    k: int
+    shown: bool
+    last_shown: RankedItem | None  # the k-th item of the slate
+    score_gap: float  # last shown item's ranker score minus this item's (> 0: below the cut)
+    changes: tuple[Change, ...]

@@ -1,0 +1,153 @@
+"""What the JSON API and the Gradio views both call: the recommender with each shopper's events and
+feedback laid over their history, every served slate written to the impression log, and the
+service's metrics."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterator
+
+from whyrec.catalog import EventKind, Interaction, dedupe_keep_last
+from whyrec.errors import WhyrecError
+from whyrec.pipeline import Recommender, topic_words
+from whyrec.schema import RankedSlate, RecommendedItem, WhyNot
+from whyrec.store import EventRecord, FeedbackKind, FeedbackRecord, ImpressionRecord, Store
+from whyrec.telemetry import ServiceMetrics
+
+
+class InvalidFeedback(WhyrecError):
+    """Feedback that cannot apply (no item given, an item the shopper never had, ...)."""
+
+
+@dataclass(frozen=True)
+class ServedSlate:
+    impression: ImpressionRecord
+    items: list[RecommendedItem]
+    topic_matched: bool  # the shopper's words narrowed the candidates
+
+
+@dataclass(frozen=True)
+class SlateRanked:
+    """Streaming: the slate is known, its explanations are coming."""
+
+    slate: RankedSlate
+    titles: list[str]
+
+
+@dataclass(frozen=True)
+class ItemExplained:
+    """Streaming: one item's explanation is ready (in completion order)."""
+
+    position: int  # 0-based place in the slate
+    item: RecommendedItem
+
+
+@dataclass(frozen=True)
+class SlateLogged:
+    """Streaming: every explanation was shown and the slate is in the impression log."""
+
+    served: ServedSlate
+
+
+@dataclass(frozen=True)
+class ServedExplanation:
+    impression: ImpressionRecord
+    item: RecommendedItem
+    why_not: WhyNot
+
+
+class WhyrecService:
+    def __init__(self, recommender: Recommender, store: Store, metrics: ServiceMetrics):
+        self.recommender = recommender
+        self.store = store
+        self.metrics = metrics
+        recommender.stage_timer = metrics.observe_stage
+
+    @property
+    def catalog(self):
+        return self.recommender.catalog
+
+    def recommend(self, user_id: str, k: int, request: str = "") -> ServedSlate:
+        """A slate with explanations, logged. `request` is the shopper's words ("something for my desk")."""
+        slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request))
+        items = self.recommender.explain_slate(slate)
+        return self._log(slate, items)
+
+    def stream(self, user_id: str, k: int, request: str = "") -> Iterator[SlateRanked | ItemExplained | SlateLogged]:
+        """The same slate as recommend(), yielded as it is made: the ranked items first, then each
+        explanation as soon as it has passed (or failed) its check, then the logged impression."""
+        slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request))
+        yield SlateRanked(slate, [self.catalog.items[r.item_id].title for r in slate.items])
+        done: dict[int, RecommendedItem] = {}
+        workers = max(1, min(len(slate.items), self.recommender.settings.llm_concurrency))
+        with ThreadPoolExecutor(workers) as pool:
+            futures = {pool.submit(self.recommender.explain_slate, slate, [i]): i for i in range(len(slate.items))}
+            for future in as_completed(futures):
+                position = futures[future]
+                done[position] = future.result()[0]
+                yield ItemExplained(position, done[position])
+        yield SlateLogged(self._log(slate, [done[i] for i in range(len(slate.items))]))
+
+    def explain(self, user_id: str, item_id: str, k: int) -> ServedExplanation:
+        """Why an item is (or is not) in the shopper's top k, with its explanation; logged as shown."""
+        overlay = self.store.overlay(user_id)
+        why_not = self.recommender.why_not(user_id, item_id, k, overlay)
+        entry = self.recommender.explain(user_id, item_id, overlay)
+        history = self.recommender.history_events(user_id, overlay)
+        impression = self.store.log_impression(
+            user_id, "explain", _ids(history), [entry], [self.recommender.prompt_messages(entry.fact_table)], self.recommender.retriever.feature_names
+        )
+        self.metrics.explanations.labels(entry.explanation.source.value).inc()
+        return ServedExplanation(impression, entry, why_not)
+
+    def why_not(self, user_id: str, item_id: str, k: int) -> WhyNot:
+        """Rank, score gap and counterfactuals only (no generated text, nothing logged): the agent's question."""
+        return self.recommender.why_not(user_id, item_id, k, self.store.overlay(user_id))
+
+    def history(self, user_id: str) -> list[Interaction]:
+        """The shopper's events as the recommender reads them now (posted events in, excluded purchases out)."""
+        return self.recommender.history_events(user_id, self.store.overlay(user_id))
+
+    def record_event(self, user_id: str, item_id: str, kind: EventKind) -> EventRecord:
+        self.catalog.item(item_id)
+        record = self.store.add_event(user_id, item_id, kind)
+        self.metrics.events.labels(kind.value).inc()
+        return record
+
+    def record_feedback(self, user_id: str, kind: FeedbackKind, item_id: str | None = None, impression_id: str | None = None) -> FeedbackRecord:
+        history = self.history(user_id)  # also rejects an unknown shopper
+        if item_id is None:
+            raise InvalidFeedback(f"feedback '{kind.value}' needs an item_id")
+        self.catalog.item(item_id)
+        if kind is FeedbackKind.EXCLUDE_PURCHASE and item_id not in _ids(history):
+            raise InvalidFeedback(f"item '{item_id}' is not in shopper '{user_id}''s history, so there is no purchase to stop using")
+        if kind in (FeedbackKind.HELPFUL, FeedbackKind.NOT_HELPFUL):
+            if impression_id is None:
+                raise InvalidFeedback(f"feedback '{kind.value}' is about a shown explanation: give the impression_id it was shown in")
+            shown = self.store.impression(impression_id)
+            if shown.user_id != user_id or item_id not in {i.item_id for i in shown.items}:
+                raise InvalidFeedback(f"impression '{impression_id}' did not show item '{item_id}' to shopper '{user_id}'")
+        record = self.store.add_feedback(user_id, kind, item_id, impression_id)
+        self.metrics.feedback.labels(kind.value).inc()
+        return record
+
+    def impressions(
+        self, user_id: str | None = None, item_id: str | None = None, since: datetime | None = None, until: datetime | None = None, limit: int = 50
+    ) -> list[ImpressionRecord]:
+        return self.store.impressions(user_id, item_id, since, until, limit)
+
+    def impression(self, impression_id: str) -> ImpressionRecord:
+        return self.store.impression(impression_id)
+
+    def _log(self, slate: RankedSlate, items: list[RecommendedItem]) -> ServedSlate:
+        prompts = [self.recommender.prompt_messages(t) for t in slate.tables]
+        impression = self.store.log_impression(slate.user_id, "slate", list(slate.history), items, prompts, self.recommender.retriever.feature_names)
+        for entry in items:
+            self.metrics.explanations.labels(entry.explanation.source.value).inc()
+        return ServedSlate(impression, items, slate.topic_matched)
+
+
+def _ids(events: list[Interaction]) -> list[str]:
+    return dedupe_keep_last(e.item_id for e in events)

@@ -1,0 +1,27 @@
+"""The service's Prometheus metrics, in a registry of their own (one per app, no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+# Pipeline stages run from milliseconds (retrieval) to tens of seconds (generation on a CPU).
+_STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
+
+
+class ServiceMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("whyrec_requests", "HTTP requests by route, method and status.", ["route", "method", "status"], registry=self.registry)
+        self.request_seconds = Histogram("whyrec_request_seconds", "HTTP request latency by route.", ["route"], buckets=_STAGE_BUCKETS, registry=self.registry)
+        self.stage_seconds = Histogram("whyrec_stage_seconds", "Pipeline stage latency: retrieval, ranking, explanation.", ["stage"], buckets=_STAGE_BUCKETS, registry=self.registry)
+        self.explanations = Counter("whyrec_explanations", "Explanations served, by source (llm or template).", ["source"], registry=self.registry)
+        self.feedback = Counter("whyrec_feedback", "Feedback received, by kind.", ["kind"], registry=self.registry)
+        self.events = Counter("whyrec_events", "Shopper events received, by kind.", ["kind"], registry=self.registry)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(stage).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
