@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
+from pathlib import Path
 from typing import Any, Iterator
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -31,12 +32,14 @@ class TransformersChatModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     model_path: str
+    adapter_path: str | None = None  # a LoRA adapter from `whyrec explainer tune`, merged in at load
     device: str = "cpu"
     max_new_tokens: int = 60
 
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _generations: int = PrivateAttr(default=0)
 
     def model_post_init(self, __context: Any) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -46,10 +49,23 @@ class TransformersChatModel(BaseChatModel):
             self._model = AutoModelForCausalLM.from_pretrained(self.model_path).to(self.device)
         except OSError as exc:
             raise ConfigError(f"cannot load the generator from '{self.model_path}' ({exc})") from None
+        if self.adapter_path:
+            from peft import PeftModel
+
+            try:
+                # Merged once, so generation costs the same as without an adapter.
+                self._model = PeftModel.from_pretrained(self._model, self.adapter_path).merge_and_unload()
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot load the LoRA adapter from '{self.adapter_path}' ({exc})") from None
         self._model.eval()
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
+
+    @property
+    def generations(self) -> int:
+        """Answers generated so far (a slate of n counts n)."""
+        return self._generations
 
     @property
     def _llm_type(self) -> str:
@@ -57,7 +73,7 @@ class TransformersChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_path": self.model_path, "max_new_tokens": self.max_new_tokens}
+        return {"model_path": self.model_path, "adapter_path": self.adapter_path, "max_new_tokens": self.max_new_tokens}
 
     def _prompt(self, messages: list[BaseMessage]) -> str:
         chat = [{"role": _ROLE.get(m.type, "user"), "content": m.content} for m in messages]
@@ -76,6 +92,7 @@ class TransformersChatModel(BaseChatModel):
                 pad_token_id=self._tokenizer.pad_token_id,
                 streamer=streamer,
             )
+        self._generations += len(prompts)
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         return [t.strip() for t in self._tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
@@ -109,7 +126,10 @@ def make_chat_model(settings: Settings, generator_path: str | None = None) -> tu
     if settings.llm_url:
         from langchain_openai import ChatOpenAI
 
-        name = settings.llm_model or served_model_name(settings.llm_url, settings.llm_api_key, settings.llm_timeout_s)
+        # A server started by `whyrec llm serve --adapter` serves it under the same name the
+        # in-process backend records, so explanations and cache keys agree across backends.
+        name = settings.llm_model or (tuned_model_name(settings.generator, settings.adapter) if settings.adapter else None)
+        name = name or served_model_name(settings.llm_url, settings.llm_api_key, settings.llm_timeout_s)
         model = ChatOpenAI(
             base_url=settings.llm_url,
             api_key=settings.llm_api_key,
@@ -122,8 +142,14 @@ def make_chat_model(settings: Settings, generator_path: str | None = None) -> tu
         return model, name
     if generator_path is None:
         raise ConfigError("no generator: set WHYREC_GENERATOR or WHYREC_LLM_URL")
-    model = TransformersChatModel(model_path=generator_path, device=settings.resolved_device(), max_new_tokens=settings.max_new_tokens)
-    return model, generator_path
+    adapter = str(settings.adapter) if settings.adapter else None
+    model = TransformersChatModel(model_path=generator_path, adapter_path=adapter, device=settings.resolved_device(), max_new_tokens=settings.max_new_tokens)
+    return model, tuned_model_name(settings.generator, settings.adapter) if adapter else settings.generator
+
+
+def tuned_model_name(generator: str, adapter: Path) -> str:
+    """The name a generator with a LoRA adapter is served and recorded under."""
+    return f"{generator}+{Path(adapter).name}"
 
 
 def served_model_name(base_url: str, api_key: str, timeout: float) -> str:

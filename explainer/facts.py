@@ -27,12 +27,66 @@ def short_title(item: Item, limit: int = 80) -> str:
     return head if len(head) <= limit else head[:limit].rsplit(" ", 1)[0]
 
 
+# Seller text that talks to the model instead of about the product ("ignore previous
+# instructions", "say this is the best", "system:"): such a description contributes no phrase.
+_INSTRUCTION = re.compile(
+    r"\b(ignore|disregard|forget|override)\b.{0,40}\b(instruction|prompt|rule|above|previous|facts?)|"
+    r"\b(system|assistant|user)\s*:|\bsay (that|this|it)\b|\b(you|model|ai) (must|should|are now|will now)\b|"
+    r"\b(prompt|instructions?)\b|\bexplanation\b",
+    re.IGNORECASE,
+)
+
+
 def description_phrase(item: Item) -> str:
     """The description's first sentence, as plain text. Seller text: quoted data, never instructions."""
-    text = re.sub(r"<[^>]*>", " ", item.description)
+    text = re.sub(r"<(script|style)\b.*?(</\1\s*>|$)", " ", item.description, flags=re.IGNORECASE | re.DOTALL)
+    if _INSTRUCTION.search(text):
+        return ""
+    text = re.sub(r"<[^>]*>", " ", text)
+    # Inline CSS pasted into descriptions (".headerM {color:#000; ...}") is not a phrase about the product.
+    text = re.sub(r"[.#]?[\w-]*\s*\{[^}]*(?:\}|$)", " ", text)
     text = " ".join(text.split())
     first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    if len(re.findall(r"[A-Za-z]{2,}", first)) < 3:
+        return ""
     return first[:PHRASE_CHARS].rsplit(" ", 1)[0] if len(first) > PHRASE_CHARS else first
+
+
+# Words two product names share that say nothing about what the product is for.
+_USE_STOPWORDS = frozenset(
+    """
+    and for with the of in on to by from pack packs box boxes count ct per each set sets piece pieces
+    inch inches size sizes letter legal pkg dozen assorted new value bulk case sheets sheet
+    retail packaging original all one use high yield series
+    black white blue red green yellow cyan magenta gray grey color colors colour colours tri
+    """.split()
+)
+
+
+def shared_category_name(item: Item, other: Item) -> str | None:
+    """The most specific category both sit in, below the top level (everything shares "Office
+    Products"; that says nothing)."""
+    common = 0
+    for mine, theirs in zip(item.categories, other.categories):
+        if mine != theirs:
+            break
+        common += 1
+    if common == 0 or (common == 1 and len(item.categories) > 1):
+        return None
+    return item.categories[common - 1]
+
+
+def shared_use_words(item: Item, other: Item, limit: int = 2) -> str:
+    """Words naming what the product is (pen, labels, toner) found in both titles, in the item's
+    order; brand words and sizes/pack counts are left out."""
+    brand_words = set(_title_words(item.brand or "")) | set(_title_words(other.brand or ""))
+    theirs = set(_title_words(other.title))
+    shared = [w for w in dict.fromkeys(_title_words(item.title)) if w in theirs and w not in brand_words and w not in _USE_STOPWORDS]
+    return " ".join(shared[:limit])
+
+
+def _title_words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 3]
 
 
 def build_fact_table(
@@ -77,8 +131,12 @@ def build_fact_table(
         add(FactKind.HISTORY_ITEM, f'You {_PAST_TENSE[kind]} "{name}".', name, about_history=True)
         if item.brand and h.brand and item.brand.lower() == h.brand.lower():
             add(FactKind.SHARED_BRAND, f'Like "{name}", it is made by {item.brand}.', item.brand, about_history=True)
-        if item.category and h.category == item.category:
-            add(FactKind.SHARED_CATEGORY, f'Like "{name}", it is in the category {item.category}.', item.category, about_history=True)
+        shared_category = shared_category_name(item, h)
+        if shared_category:
+            add(FactKind.SHARED_CATEGORY, f'Like "{name}", it is in the category {shared_category}.', shared_category, about_history=True)
+        use = shared_use_words(item, h)
+        if use:
+            add(FactKind.SHARED_USE, f'Like "{name}", it is one of the {use} products.', use, about_history=True)
 
     add(FactKind.RANK, f"It is ranked #{ranked.rank} of {ranked.candidates_scored} candidates for you.", str(ranked.rank))
     for attribution in drivers[:1]:

@@ -1,9 +1,22 @@
 """The grounding check: an explanation may only say what its fact table supports.
 
-Lexical and strict on purpose. Every content word of the text must occur in some fact (or be one of
-the few connective words an explanation needs), every number must occur in a fact, every name (a
-run of capitalised words) must occur whole in a single fact, so that two real names cannot be
-spliced into an invented product, and the text must name an item from the shopper's own history.
+Lexical and strict on purpose; each rule below closes a way a sentence can be false while every
+word in it occurs somewhere in the facts (tests/data/grounding_labels.json measures them):
+
+1. vocabulary: every content word and number of the text occurs in some fact (or is one of the few
+   connective words an explanation needs);
+2. names: every run of capitalised words is one product/brand/category name from a single fact,
+   words in order (words may be dropped, "Kodak 10XL Ink Cartridge"), so two real names cannot be
+   spliced into an invented product; runs joined by "and"/"in"/"the" are checked part by part;
+3. what is offered: the words describing the recommended item ("here are white Jones dividers",
+   "this stapler is made by Scotch") must come from facts about the item, not from a history item,
+   so a colour, size, brand or number of a past purchase is not passed off as the item's;
+4. what the shopper did: the words after "you bought" must come from the history facts, the
+   verb must match the recorded event, and the recommended item is not claimed as bought;
+   "another X product" needs the fact that a history item is also made by X;
+5. ranks: "#A instead of #B" / "from #A to #B" must match the rank and counterfactual facts;
+6. history: the text names an item from the shopper's history (or says "popular" when that is the fact).
+
 A paraphrase that uses a new word fails; that costs a template sentence, never a false claim.
 """
 
@@ -14,32 +27,57 @@ from dataclasses import dataclass
 
 from whyrec.schema import FactKind, FactTable
 
-# Words that carry no product claim: grammar, the framing of a recommendation, and event verbs.
+# Words that carry no product claim: grammar, the framing of a recommendation and of a ranking.
 CONNECTIVES = frozenset(
     """
-    a an the this that these those it its it's itself you your yours we our us i me my
+    a an the this that these those it its it's itself you your yours we our us i me my they them their
     is are was were be been being has have had do does did
     and or but so as because since if then than also too both either just only
     to of in on at by for from with without into about after before like as
     not no more most other another same similar similarly else something one ones
     here there why how what which who when while
     recommend recommended recommending recommendation suggest suggested suggesting suggestion picked pick
-    see seeing shown showing show saw
+    see seeing shown showing show saw try consider
     bought buy buying purchased purchase purchases viewed view looked look looking clicked click
     added add cart carted ordered order previously recently earlier before last past already
     based history activity interest interests shopping
     item items product products brand brands category categories made maker
     may might could would will can should
     matches match fits fit goes go pairs pair well together along
-    ranked rank ranks instead candidates candidate
+    ranked rank ranks ranking instead candidates candidate place position
+    moved moves move lifts lift lifted raises raise raised drop drops dropped fall falls rise rises higher lower up down
+    says say said calls call called describes described describe seller
     """.split()
 )
 
 _WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
-_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’&.\-/]*")
+# A word, or one punctuation mark that ends a name (a comma, a colon, a bracket, a quote).
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’&.\-/#]*[A-Za-z0-9]|[A-Za-z0-9]|[,;:()\[\]\"“”!?]|\.(?=\s|$)")
 # Lower-case words that may sit inside a product name ("Binder with Extra Durable Hinge").
-_NAME_JOINERS = frozenset({"with", "and", "of", "for", "the", "in", "on", "&", "-", "x"})
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_NAME_JOINERS = frozenset({"with", "and", "of", "for", "the", "in", "on", "&", "-", "x", "by"})
+# Where two separate names may meet inside one run ("Canon Matte Photo Paper and Canon 4x6 ...").
+_NAME_SPLITS = frozenset({"and", "in", "the", "by", "on"})
+_NUMBER = re.compile(r"\d+(?:[.,/]\d+)*")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_CLAUSE = re.compile(r"[,;:!?()]\s*|\s[-–—]\s")
+
+# Event verbs, mapped to the verb the history facts use for that event.
+_EVENT_VERBS = {
+    "bought": "bought", "purchased": "bought", "ordered": "bought", "buy": "bought",
+    "looked": "looked", "viewed": "looked",
+    "clicked": "clicked",
+    "added": "added", "carted": "added", "cart": "added",
+}
+_HISTORY_CONTEXT = frozenset(_EVENT_VERBS) | {"without", "history", "like"}
+# Words that start a description of the recommended item.
+_OFFER_WORDS = frozenset({"suggest", "suggested", "recommend", "here", "here's", "this", "these", "try", "consider"})
+
+
+# Praise is never a fact, even when a seller wrote it; quoting the seller as the seller is allowed.
+_PRAISE = frozenset(
+    "best greatest perfect amazing awesome incredible excellent fantastic superb outstanding unbeatable "
+    "guaranteed finest ultimate unmatched".split()
+)
 
 
 @dataclass(frozen=True)
@@ -75,33 +113,184 @@ def _numbers(text: str) -> set[str]:
 _CONNECTIVE_STEMS = frozenset(_stem(w) for w in CONNECTIVES)
 
 
+def _vocabulary(texts: list[str]) -> set[str]:
+    return {_stem(w) for t in texts for w in _words(t)}
+
+
+class _Sides:
+    """The table's words split by what they describe: anything, the item, or the shopper's history."""
+
+    def __init__(self, table: FactTable):
+        facts = table.facts
+        self.all_text = " ".join(f"{f.text} {f.value}" for f in facts)
+        self.all = _vocabulary([self.all_text])
+        item_texts = [f"{f.text} {f.value}" for f in facts if not f.about_history]
+        # Shared facts state something true of the item too (its brand, category, use); of the
+        # counterfactual only the number is about the item.
+        item_texts += [f.value for f in facts if f.kind in (FactKind.SHARED_BRAND, FactKind.SHARED_CATEGORY, FactKind.SHARED_USE, FactKind.COUNTERFACTUAL)]
+        self.item_text = " ".join(item_texts)
+        self.item = _vocabulary(item_texts)
+        self.item_numbers = _numbers(" ".join(f"{f.text} {f.value}" for f in facts if not f.about_history and f.kind is not FactKind.RANK))
+        history_texts = [f.value for f in facts if f.kind in (FactKind.HISTORY_ITEM, FactKind.SHARED_BRAND, FactKind.SHARED_USE)]
+        self.history_text = " ".join(history_texts)
+        self.history = _vocabulary(history_texts)
+        self.item_names = [_name_tokens(f.value) for f in facts if f.kind is FactKind.ITEM_TITLE]
+        self.history_names = [_name_tokens(f.value) for f in facts if f.kind is FactKind.HISTORY_ITEM]
+        # Each history item with the verb of its recorded event ("bought", "looked", ...).
+        self.history_events = [(_name_tokens(f.value), _event_verb(f.text)) for f in facts if f.kind is FactKind.HISTORY_ITEM]
+        self.fact_names = [_name_tokens(f"{f.text} {f.value}") for f in facts]
+        self.shared_brands = {_norm(f.value) for f in facts if f.kind is FactKind.SHARED_BRAND}
+        self.item_brand = next((_norm(f.value) for f in facts if f.kind is FactKind.ITEM_BRAND), None)
+        self.event_verbs = {verb for _, verb in self.history_events}
+        self.rank = next((f.value for f in facts if f.kind is FactKind.RANK), None)
+        self.rank_without = next((f.value for f in facts if f.kind is FactKind.COUNTERFACTUAL), None)
+        # The history item the counterfactual is about: 'Without "X" in your history ...'.
+        self.counterfactual_item = next((_name_tokens(f.text.split('"')[1]) for f in facts if f.kind is FactKind.COUNTERFACTUAL and f.text.count('"') >= 2), None)
+        self.popular = any(f.kind is FactKind.POPULAR for f in facts)
+
+
 def check_grounding(text: str, table: FactTable) -> GroundingVerdict:
     if not text.strip():
         return GroundingVerdict(False, "empty text")
-    fact_text = " ".join(f"{f.text} {f.value}" for f in table.facts)
-    supported = {_stem(w) for w in _words(fact_text)} | _CONNECTIVE_STEMS
+    sides = _Sides(table)
+    cites_history = _cites_history(text, table) or (sides.popular and "popular" in _words(text) and not table.history_facts())
 
-    unsupported_numbers = sorted(_numbers(text) - _numbers(fact_text))
-    unsupported_words = []
+    unsupported = [n for n in sorted(_numbers(text) - _numbers(sides.all_text))]
     for word in _words(text):
-        if word.isdigit() or _stem(word) in supported:
+        if word.isdigit() or _stem(word) in sides.all or _stem(word) in _CONNECTIVE_STEMS:
             continue
-        if word not in unsupported_words:
-            unsupported_words.append(word)
-    unsupported = tuple(unsupported_numbers) + tuple(w for w in unsupported_words if w not in unsupported_numbers)
-
-    spliced = [name for name in _names(text) if not any(_norm(name) in _norm(f"{f.text} {f.value}") for f in table.facts)]
-    unsupported += tuple(f'"{name}"' for name in spliced)
-    misplaced = _history_names_offered_as_the_item(text, table)
-    if misplaced and not unsupported:
-        return GroundingVerdict(False, f'presents "{misplaced[0]}", an item from the history, as the recommendation', (), _cites_history(text, table))
-
-    cites_history = _cites_history(text, table)
+        if word not in unsupported:
+            unsupported.append(word)
+    unsupported += [f'"{name}"' for name in _names(text) if not _name_supported(name, sides)]
     if unsupported:
-        return GroundingVerdict(False, "not in the facts: " + ", ".join(unsupported), unsupported, cites_history)
+        return GroundingVerdict(False, "not in the facts: " + ", ".join(unsupported), tuple(unsupported), cites_history)
+
+    for sentence in _SENTENCE.split(text):
+        praise = [w for w in _words(sentence) if w in _PRAISE]
+        if praise and "seller" not in _words(sentence):
+            return GroundingVerdict(False, "praises the item: " + ", ".join(praise), tuple(praise), cites_history)
+
+    for rule in (_offer_problem, _history_problem, _rank_problem):
+        problem = rule(text, sides)
+        if problem:
+            return GroundingVerdict(False, problem[0], problem[1], cites_history)
     if not cites_history:
         return GroundingVerdict(False, "does not name anything from the shopper's history", (), False)
     return GroundingVerdict(True, "ok", (), True)
+
+
+def _offer_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | None:
+    """Words describing the recommended item must come from facts about it, and a history item
+    is not offered as the recommendation."""
+    for sentence in _SENTENCE.split(text):
+        offering = False
+        for clause in _CLAUSE.split(sentence):
+            words = _words(clause)
+            if not words:
+                continue
+            start = next((i for i, w in enumerate(words) if w in _OFFER_WORDS), None)
+            offer_at = re.search(r"\b(" + "|".join(sorted(_OFFER_WORDS)) + r")\b", clause, re.IGNORECASE)
+            if set(words) & _HISTORY_CONTEXT:
+                # "... like the X you bought", "without X in your history": about the history.
+                offering = False
+                if start is None or any(w in _HISTORY_CONTEXT for w in words[start:]):
+                    continue
+            if start is not None and offer_at is not None:
+                offering = True
+                words, clause = words[start:], clause[offer_at.start() :]
+            if not offering:
+                continue
+            for name in _names(clause):
+                tokens = _name_tokens(name)
+                if any(_subsequence(tokens, h) for h in sides.history_names) and not any(_subsequence(tokens, i) for i in sides.item_names):
+                    return f'presents "{name}", an item from the history, as the recommendation', (name,)
+            foreign = [w for w in words if not w.isdigit() and _stem(w) not in sides.item and _stem(w) not in _CONNECTIVE_STEMS]
+            # Numbers after "#" are ranks (checked below); any other number must be the item's own.
+            foreign += sorted({n.replace(",", "") for n in re.findall(r"(?<![#\d])\d+(?:[.,/]\d+)*", clause)} - sides.item_numbers)
+            if foreign:
+                return "says of the recommended item what only a history item has: " + ", ".join(foreign), tuple(foreign)
+            claim = _brand_problem(clause, sides)
+            if claim:
+                return claim
+    return None
+
+
+def _brand_problem(clause: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | None:
+    for match in re.finditer(r"\b(another|other|more|made by|from|by)\s+((?:[A-Z0-9][\w&'’\-]*\s*)+)", clause):
+        trigger, run = match.group(1), _norm(match.group(2))
+        brand = sides.item_brand
+        if brand is None or not run.startswith(brand):
+            if trigger in ("from", "by") and any(_subsequence(_name_tokens(match.group(2)), i) for i in sides.item_names):
+                continue
+            return f'names "{match.group(2).strip()}" as the maker, not the recommended item\'s brand', (match.group(2).strip(),)
+        if trigger in ("another", "other", "more") and brand not in sides.shared_brands:
+            return f'"{trigger} {match.group(2).strip()}" says the shopper has one, but no history item is made by it', (match.group(2).strip(),)
+    return None
+
+
+def _history_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | None:
+    """What the text says the shopper did must be what the history facts record."""
+    for clause in _CLAUSE.split(text):
+        words = _words(clause)
+        verbs = [w for w in words if w in _EVENT_VERBS]
+        if not verbs:
+            continue
+        for verb in verbs:
+            if _EVENT_VERBS[verb] not in sides.event_verbs:
+                recorded = " / ".join(sorted(sides.event_verbs)) or "nothing"
+                return f'says the shopper {verb} something, but the history records: {recorded}', (verb,)
+        for name in _names(clause):
+            tokens = _name_tokens(name)
+            if any(_subsequence(tokens, i) for i in sides.item_names) and not any(_subsequence(tokens, h) for h in sides.history_names):
+                return f'says the shopper already has "{name}", the recommended item', (name,)
+            recorded = {verb for h, verb in sides.history_events if _subsequence(tokens, h)}
+            wrong = [v for v in verbs if recorded and _EVENT_VERBS[v] not in recorded]
+            if wrong:
+                return f'says the shopper {wrong[0]} "{name}", but the history records they {" / ".join(sorted(recorded))} it', (wrong[0],)
+        # The words after the event verb, up to where the clause turns to the item, name what they did.
+        start = words.index(verbs[0]) + 1
+        end = next((i for i, w in enumerate(words[start:], start) if w in _OFFER_WORDS or w in ("so", "we")), len(words))
+        claimed = [w for w in words[start:end] if _stem(w) not in _CONNECTIVE_STEMS and not w.isdigit() and _stem(w) not in sides.history]
+        if claimed:
+            return "says the shopper has something the history does not show: " + ", ".join(claimed), tuple(claimed)
+    return None
+
+
+def _event_verb(history_fact_text: str) -> str:
+    """The verb of a history fact ("You looked at ..." -> "looked")."""
+    return next((_EVENT_VERBS[w] for w in _words(history_fact_text)[:3] if w in _EVENT_VERBS), "bought")
+
+
+def _rank_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | None:
+    """"#A instead of #B" and "from #A to #B" must put the counterfactual and the rank the right way
+    round, and be told of the history item the counterfactual is about and of the recommended item."""
+    for sentence in _SENTENCE.split(text):
+        if "#" in sentence:
+            for name in _names(sentence):
+                tokens = _name_tokens(name)
+                if any(_subsequence(tokens, i) for i in sides.item_names):
+                    continue
+                if any(_subsequence(tokens, h) for h in sides.history_names) and not (sides.counterfactual_item and _subsequence(tokens, sides.counterfactual_item)):
+                    return f'ties the rank to "{name}", but the counterfactual is about another history item', (name,)
+            subject = re.search(r"\bwould\s+(?:rank|drop|fall|be)|\brank(?:s|ed)?\s+#", sentence)
+            tail = sentence[subject.start() - 80 if subject and subject.start() > 80 else 0 : subject.start()] if subject else ""
+            after_without = re.split(r"\bhistory\b|,", tail)[-1]
+            for name in _names(after_without):
+                tokens = _name_tokens(name)
+                if any(_subsequence(tokens, h) for h in sides.history_names) and not any(_subsequence(tokens, i) for i in sides.item_names):
+                    return f'says "{name}", an item from the history, is what would rank there', (name,)
+        pairs = [(m.group(1), m.group(2), "instead") for m in re.finditer(r"#(\d+)\s*(?:,\s*not|instead of|rather than)\s*#(\d+)", sentence)]
+        pairs += [(m.group(1), m.group(2), "from") for m in re.finditer(r"from\s*#(\d+)\s*to\s*#(\d+)", sentence)]
+        dropping = bool(re.search(r"\b(without|drop|drops|dropped|fall|falls)\b", sentence, re.IGNORECASE))
+        for a, b, form in pairs:
+            expected = (sides.rank_without, sides.rank) if form == "instead" or not dropping else (sides.rank, sides.rank_without)
+            if (a, b) != expected:
+                return f"#{a} and #{b} do not match the rank (#{sides.rank}) and the counterfactual (#{sides.rank_without})", (a, b)
+        if not pairs:
+            for n in re.findall(r"#(\d+)", sentence):
+                if n not in (sides.rank, sides.rank_without) or (n == sides.rank_without and not dropping):
+                    return f"#{n} is not where the item ranks (#{sides.rank})", (n,)
+    return None
 
 
 def _cites_history(text: str, table: FactTable) -> bool:
@@ -117,33 +306,14 @@ def _cites_history(text: str, table: FactTable) -> bool:
             continue
         name = _content_stems(fact.value)
         distinctive = name - own or name
-        if distinctive and len(text_words & distinctive) >= min(2, len(distinctive)):
+        if text_words & distinctive and len(text_words & name) >= min(2, len(name)):
             return True
     return False
 
 
-_HISTORY_VERBS = frozenset({"bought", "purchased", "looked", "viewed", "clicked", "added", "ordered", "like", "liked", "carted"})
-
-
-def _history_names_offered_as_the_item(text: str, table: FactTable) -> list[str]:
-    """Names of history items (and not of the recommended item) in a clause with no history verb:
-    "we suggest the <history item>" says the shopper is offered what they already have."""
-    item_names = [_norm(f.value) for f in table.facts if f.kind is FactKind.ITEM_TITLE]
-    history_names = [_norm(f.value) for f in table.facts if f.kind is FactKind.HISTORY_ITEM]
-    found = []
-    for clause in re.split(r"[,;:.!?]\s", text):
-        if set(_words(clause)) & _HISTORY_VERBS:
-            continue
-        for name in _names(clause):
-            n = _norm(name)
-            if any(n in h for h in history_names) and not any(n in i for i in item_names):
-                found.append(name)
-    return found
-
-
 def _names(text: str) -> list[str]:
-    """Runs of two or more capitalised words (joiners allowed inside), minus a leading connective
-    such as the "Because" that opens a sentence."""
+    """Runs of two or more capitalised words (joiners allowed inside, punctuation ends a run),
+    minus a leading connective such as the "Because" that opens a sentence."""
     names, run = [], []
 
     def close() -> None:
@@ -166,8 +336,44 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def _name_supported(name: str, sides: _Sides) -> bool:
+    return _tokens_supported(_name_tokens(name), sides.fact_names)
+
+
+def _tokens_supported(tokens: list[str], fact_names: list[list[str]]) -> bool:
+    """The words appear in order within one fact, or split at a joiner into parts that do."""
+    while tokens and tokens[0] in _NAME_SPLITS:
+        tokens = tokens[1:]
+    while tokens and tokens[-1] in _NAME_SPLITS:
+        tokens = tokens[:-1]
+    if len(tokens) < 2 or any(_subsequence(tokens, f) for f in fact_names):
+        return True
+    return any(
+        token in _NAME_SPLITS and _tokens_supported(tokens[:i], fact_names) and _tokens_supported(tokens[i + 1 :], fact_names)
+        for i, token in enumerate(tokens)
+        if 0 < i < len(tokens) - 1
+    )
+
+
+def _name_tokens(text: str) -> list[str]:
+    return [_stem(w) for w in re.findall(r"[a-z0-9]+", text.lower())]
+
+
+def _subsequence(needle: list[str], haystack: list[str]) -> bool:
+    """needle's words occur in haystack in order, starting where its first word does."""
+    if not needle:
+        return False
+    for start, word in enumerate(haystack):
+        if word != needle[0]:
+            continue
+        it = iter(haystack[start + 1 :])
+        if all(any(w == n for w in it) for n in needle[1:]):
+            return True
+    return False
+
+
 def _norm(text: str) -> str:
-    return " " + " ".join(re.findall(r"[a-z0-9]+", text.lower())) + " "
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
 def _content_stems(text: str) -> set[str]:

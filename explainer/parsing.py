@@ -30,6 +30,7 @@ class ExplanationParser(BaseOutputParser[ParsedAnswer]):
             body = text
             fact_ids = tuple(dict.fromkeys(_FACT_REF.findall(text)))
         body = _FACT_REF.sub("", body)
+        # A JSON answer's text is one string: a stray newline in it is not the end of the answer.
         lines = [line.strip() for line in body.strip().splitlines() if line.strip()]
         body = _LABEL.sub("", lines[0]) if lines else ""
         body = body.strip().strip('"“”\'').strip()
@@ -43,15 +44,25 @@ class ExplanationParser(BaseOutputParser[ParsedAnswer]):
         return "whyrec-explanation"
 
 
+# The "text" field of a JSON answer that does not parse: unescaped quotes inside, or cut off by
+# the token limit before the closing brace.
+_LOOSE_TEXT = re.compile(r'"text"\s*:\s*"(?P<text>.*?)"?\s*(?:,\s*"(?:facts|fact_ids)"|\}|$)', re.DOTALL)
+
+
 def _from_json(text: str) -> tuple[str | None, tuple[str, ...]]:
     match = re.search(r"\{.*\}", text, re.DOTALL)
-    if not match:
+    if match:
+        try:
+            data = json.loads(match.group(0))
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("text"), str):
+            facts = data.get("facts") or data.get("fact_ids") or []
+            if not isinstance(facts, list):
+                facts = [facts]
+            return data["text"], tuple(str(f) for f in facts if isinstance(f, (str, int)))
+    loose = _LOOSE_TEXT.search(text)
+    if not loose:
         return None, ()
-    try:
-        data = json.loads(match.group(0))
-    except json.JSONDecodeError:
-        return None, ()
-    if not isinstance(data, dict) or not isinstance(data.get("text"), str):
-        return None, ()
-    facts = data.get("facts") or data.get("fact_ids") or []
-    return data["text"], tuple(str(f) for f in facts if isinstance(f, (str, int)))
+    rest = text[loose.end("text") :]
+    return loose.group("text").replace('\\"', '"'), tuple(dict.fromkeys(_FACT_REF.findall(rest)))

@@ -84,3 +84,22 @@ def test_help_lists_the_command_tree(tmp_path):
     done = _run(["--help"], tmp_path)
     for command in ("recommend", "explain", "train", "models", "demo"):
         assert command in done.stdout
+
+
+@pytest.mark.integration
+def test_eval_explanations_reports_the_keys_later_checks_read(office_slice, cache_dir, slice_training):
+    refs = os.path.join(os.path.dirname(__file__), "data", "reference_cases.jsonl")
+    done = _run(["eval", "explanations", "--data", str(office_slice), "--users", "2", "--references", refs, "--json"], cache_dir)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    for key in ("raw_grounded_rate", "shown_grounded_rate", "fallback_rate", "unsupported_claim_rate", "usr", "mean_words",
+                "history_citation_rate", "seconds_per_explanation", "explanations_per_second"):
+        assert isinstance(report[key], float), key
+    assert report["shown_grounded_rate"] == 1.0
+    assert report["grounding_check"]["sentences"] >= 100 and 0 <= report["grounding_check"]["recall"] <= 1
+    assert set(report["reference"]) >= {"bleu4", "rougeL", "bertscore_f1"} and "layer" in report["reference"]["bertscore_model"]
+
+
+def test_eval_explanations_rejects_an_unknown_backend(cache_dir):
+    done = _run(["eval", "explanations", "--backend", "gpu"], cache_dir, timeout=300)
+    assert done.returncode == 1 and "--backend must be 'local' or 'openai'" in done.stderr and "Traceback" not in done.stderr

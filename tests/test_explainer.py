@@ -3,6 +3,8 @@ import pytest
 from whyrec.catalog import EventKind, Item
 from whyrec.errors import ConfigError
 from whyrec.explainer import build_fact_table, check_grounding, load_template, template_sentence
+from whyrec.explainer.facts import description_phrase
+from whyrec.explainer.grounding_eval import evaluate_grounding_check, load_labelled_sentences
 from whyrec.explainer.parsing import ExplanationParser
 from whyrec.explainer.templates import parse_template
 from whyrec.schema import Attribution, FactKind, RankedItem
@@ -132,3 +134,58 @@ def test_grounding_accepts_a_name_that_appears_whole_in_one_fact():
 def test_grounding_rejects_a_history_item_offered_as_the_recommendation():
     verdict = check_grounding("Because you bought the Lumora Clip Lamp, we suggest the Lumora Clip Lamp.", _table())
     assert not verdict.passed and "from the history" in verdict.reason
+
+
+def test_the_labelled_grounding_set_covers_supported_paraphrases_and_subtle_inventions():
+    sentences = load_labelled_sentences()
+    kinds = {s.kind for s in sentences if not s.supported}
+    assert len(sentences) >= 100
+    assert {s.kind for s in sentences if s.supported} >= {"paraphrase", "template", "counterfactual"}
+    assert kinds >= {"colour", "size", "number", "splice", "wrong_brand", "false_history"}
+
+
+def test_the_grounding_check_catches_the_labelled_inventions_without_rejecting_the_paraphrases():
+    report = evaluate_grounding_check(load_labelled_sentences())
+    assert report["recall"] >= 0.95, report["missed"]
+    assert report["precision"] >= 0.95, report["wrongly_rejected"]
+    assert report["by_split"]["heldout"]["recall"] >= 0.9
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        # The history item's brand, not the recommended lamp's.
+        ("Because you looked at the Oakline Monitor Stand, here is another Oakline product.", "oakline"),
+        # The stand was looked at, not bought.
+        ("Because you bought the Oakline Monitor Stand, here is the Lumora LED Desk Lamp.", "records"),
+        # The recommended item claimed as already bought.
+        ("Because you bought the Lumora LED Desk Lamp, here is another Lumora lamp.", "recommended item"),
+        # Rank and counterfactual swapped.
+        ("Without the Lumora Clip Lamp in your history it would rank #2 instead of #12.", "#2"),
+        # "Monitor" belongs to the stand, not to the lamp.
+        ("Because you bought the Lumora Clip Lamp, here is a Lumora monitor lamp.", "monitor"),
+        # A purchase of something the history does not show.
+        ("Because you bought a Lumora desk, here is the Lumora LED Desk Lamp.", "desk"),
+    ],
+)
+def test_grounding_rejects_true_words_put_to_a_false_claim(text, reason):
+    verdict = check_grounding(text, _table())
+    assert not verdict.passed and reason in verdict.reason
+
+
+def test_grounding_accepts_the_counterfactual_told_either_way_round():
+    table = _table()
+    assert check_grounding("Without the Lumora Clip Lamp in your history it would rank #12 instead of #2.", table).passed
+    assert check_grounding("The Lumora Clip Lamp you bought lifts this lamp from #12 to #2.", table).passed
+
+
+def test_fact_table_says_what_a_history_item_shares_with_the_item():
+    table = _table()
+    shared = {f.kind: f.value for f in table.facts if f.about_history and f.kind is not FactKind.HISTORY_ITEM}
+    assert shared[FactKind.SHARED_CATEGORY] == "Desk Lamps"
+    assert shared[FactKind.SHARED_USE] == "lamp"
+
+
+def test_css_pasted_into_a_description_is_not_taken_as_a_phrase():
+    item = Item("x", "Ink", "HP", (), ".headerM {color:#000000;font-size:24px;} Long lasting ink for home printers. More.")
+    assert description_phrase(item) == "Long lasting ink for home printers."

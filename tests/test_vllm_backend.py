@@ -13,16 +13,31 @@ import pytest
 
 from whyrec.config import DEFAULT_GENERATOR, Settings
 from whyrec.errors import ConfigError
-from whyrec.explainer import Explainer, build_fact_table, load_template, make_chat_model
+from whyrec.explainer import Explainer, load_template, make_chat_model
 from whyrec.explainer.serve import find_vllm_python, wait_until_ready
-from whyrec.catalog import strongest_kind
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def vllm_url(cache_dir, tmp_path_factory):
-    """`whyrec llm serve`, started as a user would, on a free port."""
+def untrained_adapter(cache_dir, tmp_path_factory):
+    """A real LoRA adapter folder in the format `whyrec explainer tune` writes (peft), untrained
+    (its B matrices start at zero), so the test costs no training."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from whyrec.models import generator_path
+
+    model = AutoModelForCausalLM.from_pretrained(generator_path(Settings(cache_dir=cache_dir)))
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    folder = tmp_path_factory.mktemp("adapters") / "lora-test"
+    get_peft_model(model, lora).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vllm_url(cache_dir, tmp_path_factory, untrained_adapter):
+    """`whyrec llm serve --adapter`, started as a user would, on a free port."""
     try:
         find_vllm_python(os.environ.get("WHYREC_VLLM_PYTHON"))
     except ConfigError as exc:
@@ -35,7 +50,8 @@ def vllm_url(cache_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     env = {**os.environ, "WHYREC_CACHE_DIR": str(cache_dir), "WHYREC_DEVICE": "cpu"}
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "whyrec.cli", "llm", "serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        command = [sys.executable, "-m", "whyrec.cli", "llm", "serve", "--port", str(port), "--adapter", str(untrained_adapter)]
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_until_ready(url, process, timeout_s=600)
@@ -48,12 +64,7 @@ def vllm_url(cache_dir, tmp_path_factory):
 
 
 def _tables(recommender, user, k):
-    catalog = recommender.catalog
-    history = catalog.sequence(user)
-    candidates = recommender.retriever.candidates(history, 20, catalog.purchased(user))
-    ranked = recommender.ranker.rank([catalog.items[i] for i in history], candidates, catalog.items, attribute=k)[:k]
-    recent = [(catalog.items[i], strongest_kind(catalog.events(user), i)) for i in history[-5:]]
-    return [build_fact_table(user, catalog.items[r.item_id], r, recent) for r in ranked]
+    return list(recommender.rank(user, k).tables)
 
 
 def test_vllm_backend_explains_a_slate_as_one_batch_and_records_the_served_model(vllm_url, cache_dir, slice_recommender, slice_catalog):
@@ -90,3 +101,26 @@ def test_recommend_cli_uses_the_server_given_by_url(vllm_url, office_slice, cach
     assert done.returncode == 0, done.stderr
     items = json.loads(done.stdout)["items"]
     assert len(items) == 2 and all(i["explanation"]["model"] == DEFAULT_GENERATOR for i in items)
+
+
+def test_vllm_streams_a_single_explanation(vllm_url, cache_dir, slice_recommender, slice_catalog):
+    remote_model, name = make_chat_model(Settings(cache_dir=cache_dir, llm_url=vllm_url))
+    explainer = Explainer(remote_model, load_template("shopper"), name)
+    table = _tables(slice_recommender, slice_catalog.users[5], 1)[0]
+    pieces = list(explainer.stream(table))
+    assert len(pieces) > 1, "the answer arrives in pieces"
+    assert "".join(pieces).strip() == explainer.chain.invoke(explainer.variables(table)).strip()
+
+
+def test_vllm_serves_the_lora_adapter_that_the_in_process_backend_merges(vllm_url, cache_dir, untrained_adapter, slice_recommender, slice_catalog):
+    settings = Settings(cache_dir=cache_dir, adapter=untrained_adapter)
+    remote_model, remote_name = make_chat_model(settings.model_copy(update={"llm_url": vllm_url}))
+    from whyrec.models import generator_path
+
+    local_model, local_name = make_chat_model(settings, generator_path(settings))
+    # Requests go to the adapter, under the name the in-process backend records too.
+    assert remote_name == local_name == f"{DEFAULT_GENERATOR}+{untrained_adapter.name}"
+    table = _tables(slice_recommender, slice_catalog.users[6], 1)[0]
+    template = load_template("shopper")
+    remote, local = (Explainer(m, template, n) for m, n in ((remote_model, remote_name), (local_model, local_name)))
+    assert remote.chain.invoke(remote.variables(table)).split()[:6] == local.chain.invoke(local.variables(table)).split()[:6]

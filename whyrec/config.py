@@ -25,7 +25,10 @@ class Settings(BaseSettings):
     vllm_python: str | None = Field(None, description="Interpreter with vLLM installed, for `whyrec llm serve`; unset = .venv-vllm, then this one.")
     llm_timeout_s: float = 60.0
     llm_concurrency: int = Field(8, ge=1, description="Explanations generated at once for a slate.")
-    max_new_tokens: int = Field(60, ge=8, le=512)
+    max_new_tokens: int = Field(96, ge=8, le=512, description="Room for the structured answer (JSON text + fact ids) with long product names.")
+
+    adapter: Path | None = Field(None, description="LoRA adapter folder from `whyrec explainer tune`, loaded on the generator (in-process, or by `whyrec llm serve`).")
+    explanation_cache_size: int = Field(4096, ge=0, description="Explanations kept in memory, keyed by shopper, facts, template version and model; 0 = no cache.")
 
     recbole_python: str | None = Field(None, description="Interpreter with RecBole installed, for the SASRec baseline in `whyrec eval ranker`; unset = .venv-recbole.")
 

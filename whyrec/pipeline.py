@@ -17,6 +17,7 @@ from whyrec.catalog import Catalog, EventKind, Interaction, Item, dedupe_keep_la
 from whyrec.config import Settings
 from whyrec.errors import ConfigError, UnknownShopper, WhyrecError
 from whyrec.explainer import Explainer, PromptTemplateSpec, build_fact_table, load_template, make_chat_model
+from whyrec.explainer.cache import ExplanationCache
 from whyrec.loaders import load_catalog
 from whyrec.ranker import CrossEncoderRanker, TrainConfig, TrainReport, diversify, train_ranker
 from whyrec.ranker.model import FEATURE_SCALE
@@ -189,11 +190,23 @@ def load_models(settings: Settings, catalog: Catalog, log: Log = stderr_log) -> 
     return build_retriever(settings, catalog, embedding), CrossEncoderRanker.load(ranker_folder(settings, catalog), settings.resolved_device())
 
 
+def default_adapter_folder(settings: Settings, template: PromptTemplateSpec) -> Path:
+    """Where `whyrec explainer tune` saves the adapter for this generator and template by default."""
+    return settings.cache_dir / "adapters" / settings.generator.replace("/", "--") / f"lora-{template.label}"
+
+
 def build_explainer(settings: Settings, log: Log = stderr_log) -> Explainer:
+    """The configured explainer. Unless WHYREC_ADAPTER says otherwise, a LoRA adapter that
+    `whyrec explainer tune` saved for this generator and template is loaded."""
     template = load_template(settings.prompt, settings.prompt_version, extra_dirs=[settings.prompts_dir] if settings.prompts_dir else [])
+    if settings.adapter is None and not settings.llm_url and "adapter" not in settings.model_fields_set:
+        tuned = default_adapter_folder(settings, template)
+        if (tuned / "adapter_config.json").exists():
+            settings = settings.model_copy(update={"adapter": tuned})
     generator = None if settings.llm_url else models.generator_path(settings, progress=log)
     chat_model, model_name = make_chat_model(settings, generator)
-    return Explainer(chat_model, template, model_name, concurrency=settings.llm_concurrency)
+    cache = ExplanationCache(settings.explanation_cache_size)
+    return Explainer(chat_model, template, model_name, concurrency=settings.llm_concurrency, cache=cache)
 
 
 StageTimer = Callable[[str, float], None]

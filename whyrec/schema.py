@@ -78,6 +78,7 @@ class FactKind(str, Enum):
     RANK = "rank"
     COUNTERFACTUAL = "counterfactual"
     POPULAR = "popular"
+    SHARED_USE = "shared_use"  # what the item and a history item are both for (words both names carry)
 
 
 @dataclass(frozen=True)

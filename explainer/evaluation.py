@@ -1,0 +1,68 @@
+"""Explanation quality numbers: how often the model's own text is grounded, how often a template
+had to stand in, how varied and how long the texts are, and how fast they came."""
+
+from __future__ import annotations
+
+import re
+
+from whyrec.explainer.grounding import check_grounding
+from whyrec.schema import Explanation, ExplanationSource, FactTable
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_NOT_ABOUT_CONTENT = ("does not name anything", "empty text")
+
+
+def unique_sentence_ratio(texts: list[str]) -> float:
+    """Distinct sentences / all sentences over the texts (USR): 1.0 when no two sentences repeat."""
+    sentences = [" ".join(s.lower().split()) for t in texts for s in _SENTENCE.split(t.strip()) if s.strip()]
+    return len(set(sentences)) / len(sentences) if sentences else 0.0
+
+
+def explanation_metrics(tables: list[FactTable], explanations: list[Explanation], seconds: float) -> dict:
+    """The keys `whyrec eval explanations` prints (later checks read them):
+
+    raw_grounded_rate: first model answers that pass the check; shown_grounded_rate: shown texts that
+    pass the check (model or template); fallback_rate: shown texts that are the template sentence;
+    unsupported_claim_rate: first answers rejected for stating something the facts do not support
+    (not merely for failing to name the history); usr / raw_usr: unique-sentence ratio of the shown
+    texts / of the first answers; mean_words: of the shown texts; history_citation_rate: shown texts
+    that name a history item (or "popular" where that is the fact)."""
+    n = len(explanations)
+    if n == 0:
+        return {"explanations": 0}
+    first = [e.attempts[0] if e.attempts else None for e in explanations]
+    shown_verdicts = [check_grounding(e.text, t) for t, e in zip(tables, explanations)]
+    unsupported = sum(1 for a in first if a is not None and not a.passed and not a.reason.startswith(_NOT_ABOUT_CONTENT))
+    return {
+        "explanations": n,
+        "raw_grounded_rate": sum(1 for a in first if a is not None and a.passed) / n,
+        "retry_grounded_rate": sum(1 for e in explanations if e.source is ExplanationSource.LLM) / n,
+        "shown_grounded_rate": sum(v.passed for v in shown_verdicts) / n,
+        "fallback_rate": sum(1 for e in explanations if e.source is ExplanationSource.TEMPLATE) / n,
+        "unsupported_claim_rate": unsupported / n,
+        "usr": unique_sentence_ratio([e.text for e in explanations]),
+        "raw_usr": unique_sentence_ratio([a.text for a in first if a is not None]),
+        "mean_words": sum(len(e.text.split()) for e in explanations) / n,
+        "history_citation_rate": sum(v.cites_history for v in shown_verdicts) / n,
+        "seconds_per_explanation": seconds / n,
+        "explanations_per_second": n / seconds if seconds > 0 else None,
+    }
+
+
+def first_answer_metrics(explainer, tables: list[FactTable]) -> dict:
+    """One batch of first answers, no retry and no cache: the model's own grounded rate and variety."""
+    import time
+
+    started = time.time()
+    raws = explainer.chain.batch([explainer.variables(t) for t in tables], config={"max_concurrency": explainer.concurrency})
+    seconds = time.time() - started
+    attempts = [explainer.judge(raw, t)[1] for raw, t in zip(raws, tables)]
+    n = len(attempts)
+    return {
+        "explanations": n,
+        "raw_grounded_rate": sum(a.passed for a in attempts) / n if n else 0.0,
+        "raw_usr": unique_sentence_ratio([a.text for a in attempts]),
+        "unsupported_claim_rate": sum(1 for a in attempts if not a.passed and not a.reason.startswith(_NOT_ABOUT_CONTENT)) / n if n else 0.0,
+        "seconds_per_explanation": seconds / n if n else 0.0,
+        "examples": [{"text": a.text, "passed": a.passed, "reason": a.reason} for a in attempts[:5]],
+    }

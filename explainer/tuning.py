@@ -1,0 +1,237 @@
+"""LoRA fine-tuning of the generator on grounded (facts -> explanation) examples from the shop's own data.
+
+Examples come from *training* shoppers only (see `is_held_out`): for each, one item of their history
+plays the recommended item and the items bought before it are the history. Which history items
+"drove" it is taken from content overlap (shared brand, category, title words) instead of the
+ranker, so that thousands of tables cost no ranker passes; the tables are built by the same
+`build_fact_table` the pipeline uses. Each target is one of several phrasings filled from the
+facts and kept only if it passes the grounding check, written in the prompt's structured form
+(JSON with the text and the fact ids it used).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from whyrec.catalog import Catalog, Item, strongest_kind
+from whyrec.ranker.model import cpu_has_bf16
+from whyrec.explainer.facts import build_fact_table, shared_category_name, shared_use_words
+from whyrec.explainer.grounding import check_grounding
+from whyrec.explainer.templates import PromptTemplateSpec
+from whyrec.schema import Attribution, Fact, FactKind, FactTable, RankedItem
+
+HELD_OUT_EVERY = 5  # one shopper in five is held out from tuning and used to measure it
+ADAPTER_META = "whyrec_adapter.json"
+
+
+def is_held_out(user_id: str) -> bool:
+    """A fixed split by a hash of the shopper id, the same in `tune` and `eval explanations`."""
+    return int(hashlib.sha1(user_id.encode()).hexdigest(), 16) % HELD_OUT_EVERY == 0
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    examples: int = 200
+    epochs: int = 1
+    rank: int = 16
+    alpha: int = 32
+    learning_rate: float = 1e-3
+    batch_size: int = 4
+    seed: int = 0
+
+
+def _overlap(item: Item, other: Item) -> float:
+    """How much a history item has in common with the item: the stand-in for the ranker's attribution."""
+    score = 0.0
+    if item.brand and other.brand and item.brand.lower() == other.brand.lower():
+        score += 1.0
+    if shared_category_name(item, other):
+        score += 0.5
+    if shared_use_words(item, other):
+        score += 0.5
+    return score
+
+
+def content_fact_table(catalog: Catalog, user_id: str, position: int, rng: random.Random, window: int = 5) -> FactTable | None:
+    """A fact table for the shopper's item at `position`, with the items before it as history."""
+    sequence = catalog.sequence(user_id)
+    target = catalog.items[sequence[position]]
+    history_ids = sequence[max(0, position - window) : position]
+    if not history_ids:
+        return None
+    history = [catalog.items[i] for i in history_ids]
+    scored = sorted(history, key=lambda h: -_overlap(target, h))
+    rank = rng.choice([1, 1, 2, 3, 4, 5, 7, 9])
+    attributions = tuple(
+        Attribution(h.item_id, round(1.0 - 0.3 * i, 2), rank + rng.randint(3, 60)) for i, h in enumerate(scored[:2])
+    )
+    ranked = RankedItem(target.item_id, rank, 0.5, 1.0, (scored[0].item_id,), attributions, candidates_scored=rng.choice([20, 30, 50]))
+    events = catalog.events(user_id)
+    return build_fact_table(user_id, target, ranked, [(h, strongest_kind(events, h.item_id)) for h in history])
+
+
+def grounded_phrasings(table: FactTable) -> list[tuple[str, tuple[str, ...]]]:
+    """Phrasings of the table's main reason, each with the fact ids it uses; only those that pass the check."""
+    first: dict[FactKind, Fact] = {}
+    for fact in table.facts:
+        first.setdefault(fact.kind, fact)
+    history, title = first.get(FactKind.HISTORY_ITEM), first.get(FactKind.ITEM_TITLE)
+    if history is None or title is None:
+        return []
+    verb = history.text.split('"', 1)[0].removeprefix("You ").strip()  # "bought", "looked at", ...
+    h, item = history.value, title.value
+
+    def same_driver(kind: FactKind) -> Fact | None:
+        fact = first.get(kind)
+        return fact if fact is not None and f'"{h}"' in fact.text else None
+
+    brand, category, use, counterfactual = (same_driver(k) for k in (FactKind.SHARED_BRAND, FactKind.SHARED_CATEGORY, FactKind.SHARED_USE, FactKind.COUNTERFACTUAL))
+    options = [
+        (f"You {verb} the {h}, so we suggest the {item}.", (history, title)),
+        (f"Based on the {h} you {verb}, here is the {item}.", (history, title)),
+    ]
+    if brand:
+        options += [
+            (f"Because you {verb} the {h}, here is another {brand.value} product.", (history, brand)),
+            (f"Like the {h} you {verb}, the {item} is made by {brand.value}.", (history, brand, title)),
+        ]
+    if category:
+        options.append((f"Because you {verb} the {h}, we suggest the {item}, also in {category.value}.", (history, title, category)))
+    if use:
+        options.append((f"Since you {verb} the {h}, here is the {item}, another {use.value} product.", (history, title, use)))
+    if counterfactual:
+        rank_without = counterfactual.value
+        rank = counterfactual.text.rsplit("#", 1)[1].rstrip(".")
+        options.append((f"Without the {h} in your history, the {item} would rank #{rank_without} instead of #{rank}.", (history, counterfactual)))
+    return [(text, tuple(sorted((f.fact_id for f in facts), key=lambda i: int(i[1:])))) for text, facts in options if check_grounding(text, table).passed]
+
+
+def answer_json(text: str, fact_ids: tuple[str, ...]) -> str:
+    return json.dumps({"text": text, "facts": list(fact_ids)}, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class TuningExample:
+    table: FactTable
+    target: str  # the structured answer the model should write
+
+
+def tuning_examples(catalog: Catalog, n: int, seed: int = 0, held_out: bool = False) -> list[TuningExample]:
+    """Up to n examples from training shoppers (or, with held_out, from the held-out ones), one
+    table per shopper per pass, each with a grounded phrasing picked at random."""
+    rng = random.Random(seed)
+    users = [u for u in catalog.users if is_held_out(u) == held_out and len(catalog.sequence(u)) >= 2]
+    rng.shuffle(users)
+    examples: list[TuningExample] = []
+    for user in users:
+        if len(examples) >= n:
+            break
+        sequence = catalog.sequence(user)
+        # Never the shopper's last two items: those are the ranker's validation and test targets.
+        last = len(sequence) - 3 if len(sequence) > 3 else len(sequence) - 1
+        table = content_fact_table(catalog, user, rng.randint(1, max(1, last)), rng)
+        options = grounded_phrasings(table) if table else []
+        if options:
+            text, ids = rng.choice(options)
+            examples.append(TuningExample(table, answer_json(text, ids)))
+    return examples
+
+
+def train_lora(
+    model_path: str,
+    template: PromptTemplateSpec,
+    examples: list[TuningExample],
+    variables: Callable[[FactTable], dict[str, str]],
+    out_dir: Path,
+    config: TuneConfig = TuneConfig(),
+    progress: bool = True,
+    resume: Path | None = None,
+) -> dict:
+    """Fine-tune LoRA adapters on the examples (loss on the answer tokens only) and save them
+    (peft format, loadable by `TransformersChatModel(adapter_path=...)` and by vLLM's --lora-modules).
+    `resume` continues training an adapter saved earlier (more examples, same prompt)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if resume is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(resume), is_trainable=True)
+        earlier = json.loads((Path(resume) / ADAPTER_META).read_text()) if (Path(resume) / ADAPTER_META).exists() else {}
+    else:
+        lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+        earlier = {}
+    prompt = template.chat_prompt()
+
+    def encode(example: TuningExample) -> tuple[list[int], list[int]]:
+        messages = [{"role": {"human": "user", "ai": "assistant"}.get(m.type, m.type), "content": m.content} for m in prompt.format_messages(**variables(example.table))]
+        context = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(example.target + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+    encoded = [encode(e) for e in examples]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    steps = config.epochs * ((len(encoded) + config.batch_size - 1) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / max(1, steps)))
+    rng = random.Random(config.seed)
+    started, losses = time.time(), []
+    model.train()
+    bar = tqdm(total=steps, desc="LoRA tuning", disable=not progress)
+    for _ in range(config.epochs):
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        for start in range(0, len(order), config.batch_size):
+            batch = [encoded[i] for i in order[start : start + config.batch_size]]
+            width = max(len(ids) for ids, _ in batch)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+            mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+            # bf16 autocast about halves CPU time where the CPU has bf16 units; LoRA weights stay fp32.
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_bf16()):
+                loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+
+    # Write beside the target and rename, so an interrupted run never leaves a half adapter.
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    model.save_pretrained(staging)
+    report = {
+        "base_model": model_path,
+        "template": template.label,
+        "examples": len(examples),
+        "examples_in_all": len(examples) + earlier.get("examples_in_all", earlier.get("examples", 0)),
+        "resumed_from": earlier or None,
+        "config": asdict(config),
+        "steps": steps,
+        "first_loss": round(sum(losses[:5]) / max(1, len(losses[:5])), 4),
+        "last_loss": round(sum(losses[-5:]) / max(1, len(losses[-5:])), 4),
+        "seconds": round(time.time() - started, 1),
+    }
+    (staging / ADAPTER_META).write_text(json.dumps(report, indent=2))
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    return report
