@@ -13,7 +13,7 @@ import gradio as gr
 from whyrec import prompt_lab
 from whyrec.config import Settings
 from whyrec.errors import WhyrecError
-from whyrec.explainer.templates import builtin_prompt_dir
+from whyrec.explainer.templates import builtin_prompt_dir, parse_template
 from whyrec.schema import WhyNot
 from whyrec.service import WhyrecService
 from whyrec.store import ImpressionItemRecord, ImpressionRecord
@@ -151,6 +151,7 @@ def build_staff(service: WhyrecService, settings: Settings) -> gr.Blocks:
 
     def run_lab(text: str, shoppers: float, progress=gr.Progress()):
         try:
+            parse_template(text, source="the edited template")  # refused before any shopper is ranked
             progress(0.1, desc="ranking the sample shoppers")
             tables, item_titles = prompt_lab.sample_tables(service.recommender, int(shoppers))
             progress(0.3, desc="generating with both templates")

@@ -380,7 +380,7 @@ def _invalid_field(error: dict) -> str:
 
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int):
-        super().__init__(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"request body is larger than the limit of {limit} bytes (WHYREC_MAX_BODY_BYTES)")
+        super().__init__(status.HTTP_413_CONTENT_TOO_LARGE, f"request body is larger than the limit of {limit} bytes (WHYREC_MAX_BODY_BYTES)")
 
 
 class BodyLimit:
