@@ -30,7 +30,7 @@ class PopularItems:
             if event.timestamp is not None and (event.item_id not in first_seen or event.timestamp < first_seen[event.item_id]):
                 first_seen[event.item_id] = event.timestamp
         self.total_shoppers = len({u for users in shoppers.values() for u in users})
-        cutoff = max(first_seen.values()) - timedelta(days=new_days) if first_seen else None
+        cutoff = _days_before(max(first_seen.values()), new_days) if first_seen else None
         self.items = sorted(
             (PopularItem(i, len(users), first_seen.get(i), cutoff is not None and i in first_seen and first_seen[i] >= cutoff) for i, users in shoppers.items()),
             key=lambda p: (-p.shoppers, p.item_id),
@@ -42,3 +42,10 @@ class PopularItems:
         new = [p for p in eligible if p.new][: k // 3]
         popular = [p for p in eligible if p not in new][: k - len(new)]
         return popular + new
+
+
+def _days_before(when: datetime, days: int) -> datetime:
+    try:
+        return when - timedelta(days=days)
+    except OverflowError:  # data dated within `days` of year 1: every item counts as new
+        return datetime.min.replace(tzinfo=when.tzinfo)

@@ -275,16 +275,14 @@ def _cli(args, tmp_path):
     return subprocess.run([*WHYREC, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_cli_bad_paths_malformed_files_and_bad_options_fail_cleanly(tmp_path):
+def test_cli_malformed_files_and_bad_options_fail_cleanly_and_write_nothing(tmp_path):
+    # (A missing folder and unknown shopper/item ids: tests/test_cli.py.)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "items.jsonl").write_text('{"item_id": "a", "title": "A lamp"}\n{"item_id": "b", "title": \n')
     (broken / "interactions.jsonl").write_text('{"user_id": "u", "item_id": "a"}\n')
-    a_file = tmp_path / "items.csv"
-    a_file.write_text("item_id,title\n")
     for args, code, message in [
-        (["recommend", "--data", str(broken), "--user", "u"], 1, f"error: {broken / 'items.jsonl'}, row 2: invalid JSON"),
-        (["recommend", "--data", str(a_file), "--user", "u"], 1, "not a folder"),
+        (["train", "--data", str(broken)], 1, f"error: {broken / 'items.jsonl'}, row 2: invalid JSON"),
         (["recommend", "--user", "u", "-k", "0"], 2, "Invalid value for '-k'"),
         (["explain", "--user", "u"], 2, "Missing option '--item'"),
         (["eval", "ranker", "--diversity", "3"], 2, "Invalid value for '--diversity'"),
@@ -293,14 +291,16 @@ def test_cli_bad_paths_malformed_files_and_bad_options_fail_cleanly(tmp_path):
         assert done.returncode == code, (args, done.stderr)
         assert message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
+    cache = tmp_path / "cache"
+    assert not cache.exists() or not any(cache.rglob("*")), list(cache.rglob("*"))  # no half-built models
 
 
 # ---- the Prompt lab view ----
 
 
-def _handler(blocks, elem_id: str):
+def _handler(blocks, elem_id: str, trigger: str = "click"):
     ids = {block.elem_id: block_id for block_id, block in blocks.blocks.items()}
-    return next(f.fn for f in blocks.fns.values() if (ids[elem_id], "click") in f.targets)
+    return next(f.fn for f in blocks.fns.values() if (ids[elem_id], trigger) in f.targets)
 
 
 @pytest.mark.integration
@@ -320,3 +320,37 @@ def test_the_prompt_lab_view_refuses_a_jinja_template_and_saves_nothing(service,
         run(TEMPLATE.replace("{facts}", "{facts.__class__}"), 1, progress=lambda *a, **k: None)
     assert "{facts.__class__} is not allowed" in str(refused.value)
     assert not prompts.exists() or not any(prompts.iterdir())
+
+
+@pytest.mark.integration
+def test_the_support_view_shows_each_bad_input_as_an_error_naming_it(service, slice_settings, slice_catalog):
+    import gradio as gr
+
+    from whyrec.ui.staff import build_staff
+
+    staff = build_staff(service, slice_settings)
+    lookup, why_not = _handler(staff, "support-lookup"), _handler(staff, "support-whynot")
+    user, item = slice_catalog.users[3], next(iter(slice_catalog.items))
+    for handler, args, message in [
+        (lookup, ("", item, ""), "enter a shopper id and an item id"),
+        (lookup, (user, "no-such-item", ""), "unknown item 'no-such-item'"),
+        (lookup, (user, item, "last tuesday"), "time 'last tuesday' is not an ISO 8601 date or time"),
+        (why_not, ("nobody-here", item, 5), "unknown shopper 'nobody-here'"),
+        (why_not, (user, "no-such-item", 5), "unknown item 'no-such-item'"),
+        (why_not, (user, item, None), "enter a slate size"),
+    ]:
+        with pytest.raises(gr.Error) as shown:  # Gradio shows a gr.Error's message in the page
+            handler(*args)
+        assert message in str(shown.value), (args, str(shown.value))
+
+
+@pytest.mark.integration
+def test_the_shop_view_tells_a_new_shopper_their_picks_are_popular_and_new_items(service, slice_settings):
+    from whyrec.ui.shop import build_shop
+
+    shop = build_shop(service, slice_settings)
+    respond = _handler(shop, "shop-input", "submit")
+    *_, (chat, view, history, _box) = respond("show me something for my desk", [], "first-visit-shopper", None)
+    assert "popular and new in this shop (there is no history of yours to go on yet)" in chat[-1]["content"]
+    assert view.cards and all(card.text for card in view.cards) and view.impression_id
+    assert history.startswith("**No activity yet.**")

@@ -17,6 +17,7 @@ from whyrec.errors import DataError
 from whyrec.explainer.facts import build_fact_table, cold_start_fact_table, template_sentence
 from whyrec.explainer.grounding import CONNECTIVES, check_grounding
 from whyrec.loaders import load_catalog
+from whyrec.retrieval.popularity import PopularItems
 from whyrec.schema import Attribution, RankedItem
 
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,8 +104,11 @@ def _jsonl(records) -> bytes:
 @example(items=[{"item_id": "a", "title": "A"}], events=[{"user_id": "u", "item_id": "a", "timestamp": 1e300}])  # beyond any date
 @example(items=[{"item_id": "a", "title": "A"}], events=[{"user_id": "u", "item_id": "a", "timestamp": "nan"}])
 @example(items=[{"item_id": "a", "title": "A"}], events=[{"user_id": "u", "item_id": "a", "timestamp": -1e18}])
+@example(items=[{"item_id": "a", "title": "A"}], events=[{"user_id": "u", "item_id": "a", "timestamp": "0001-01-02T00:00:00+00:00"}])
 def test_generic_files_of_any_records_load_whole_or_raise_a_data_error(items, events):
-    _load_or_data_error({"items.jsonl": _jsonl(items), "interactions.jsonl": _jsonl(events)})
+    catalog = _load_or_data_error({"items.jsonl": _jsonl(items), "interactions.jsonl": _jsonl(events)})
+    if isinstance(catalog, Catalog):  # what loaded can also be counted for cold-start shoppers
+        PopularItems(catalog.interactions).pick(3)
 
 
 # ---- the grounding check ----

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import gradio as gr
 
 from whyrec.config import Settings
-from whyrec.errors import WhyrecError
+from whyrec.errors import UnknownShopper, WhyrecError
 from whyrec.explainer.facts import short_title
 from whyrec.schema import FactKind, RecommendedItem
 from whyrec.service import ItemExplained, SlateLogged, SlateRanked, WhyrecService
@@ -134,6 +134,8 @@ def build_shop(service: WhyrecService, settings: Settings) -> gr.Blocks:
     def history_md(user_id: str) -> str:
         try:
             events = service.history(user_id)[-6:]
+        except UnknownShopper:
+            return "**No activity yet.** Until you look at or buy something, your picks are popular and new items in this shop."
         except WhyrecError as exc:
             return f"**{html.escape(str(exc))}**"
         lines = [f"- {e.kind.value}: {catalog.items[e.item_id].title}" for e in reversed(events)]

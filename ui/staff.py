@@ -143,8 +143,10 @@ def build_staff(service: WhyrecService, settings: Settings) -> gr.Blocks:
         item = next(i for i in record.items if i.item_id == item_id)
         return rows, record_html(record, item, titles)
 
-    def why_not(user_id: str, item_id: str, k: float):
+    def why_not(user_id: str, item_id: str, k: float | None):
         try:
+            if k is None:  # the number box was cleared
+                raise WhyrecError("enter a slate size from 1 to 50")
             return why_not_html(service.why_not((user_id or "").strip(), (item_id or "").strip(), int(k)))
         except WhyrecError as exc:
             raise gr.Error(str(exc))

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from whyrec.catalog import EventKind
 from whyrec.config import Settings
@@ -27,6 +27,16 @@ MAX_K = 50
 # Ids and texts may be any Unicode except control characters (C0, DEL, C1): those are never part of
 # an id or a shopper's words, and would end up in logs and the store. A 422 names the field.
 NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
+
+def _iso_time(value):
+    """The schema says date-time: a bare number ("0.5") is refused rather than read as Unix seconds."""
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("expected an ISO 8601 date-time such as 2026-11-24T15:30:00Z")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_time)]
 
 # ---- request and response models ----
 
@@ -282,8 +292,8 @@ def impressions(
     _staff: Staff,
     user_id: Annotated[str | None, Query(max_length=200, pattern=NO_CONTROL)] = None,
     item_id: Annotated[str | None, Query(max_length=200, pattern=NO_CONTROL)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoTime | None = None,
+    until: IsoTime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[ImpressionRecord]:
     """Served slates, newest first (staff only): with `item_id`, only those that showed it."""
