@@ -80,7 +80,8 @@ def test_no_request_gets_a_server_error_and_every_response_matches_the_schema(fu
         elif isinstance(event, (events.NonFatalError, events.FatalError)):
             errors.append(f"{getattr(event, 'label', '')}: {event.info.message if hasattr(event, 'info') else event}")
         elif isinstance(event, events.EngineFinished):
-            print(f"fuzzed {len(operations)} operations, {sum(statuses.values())} requests, status codes {dict(sorted(statuses.items()))}; slowest: {slowest}")
+            print(f"fuzzed {len(operations)} operations, {sum(statuses.values())} requests in {event.running_time:.0f}s ({event.stop_reason.value}), "
+                  f"status codes {dict(sorted(statuses.items()))}; slowest: {slowest}")
     assert not errors, "\n".join(errors)
     assert not failures, "\n\n".join(sorted(set(failures)))
     # It really ran: every operation, and both accepted and refused requests.
