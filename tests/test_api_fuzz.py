@@ -54,9 +54,9 @@ def test_no_request_gets_a_server_error_and_every_response_matches_the_schema(fu
 
     config = schemathesis.Config.from_dict({
         "seed": int(os.environ.get("WHYREC_FUZZ_SEED", "6")),
-        "max-time": 65,  # a hard stop for CI (an operation cut off by it fails the count below)
+        "max-time": 50,  # a hard stop for CI: the request in flight then finishes, and the run ends
         "request-timeout": 60,  # a 50-item slate for a real shopper is seconds of ranking on a busy 2-core box
-        "generation": {"mode": "all", "max-examples": EXAMPLES},
+        "generation": {"mode": "all", "max-examples": EXAMPLES, "database": "none"},  # no replay of earlier runs: CI and here agree
         "phases": {"stateful": {"enabled": False}},
         # A schema-valid request may still break a rule the schema cannot state (helpful without the
         # impression it rates, stop using a purchase that is not in the history, a shopper over the

@@ -206,6 +206,7 @@ def test_malformed_json_bodies_get_a_422_naming_the_field_and_write_nothing(clie
         (b'{"item_id": "1", "kind": "stolen"}', "body.kind: Input should be 'view', 'click', 'cart' or 'purchase'"),
         (b'{"item_id": ""}', "body.item_id: String should have at least 1 character"),
         (b'["item_id"]', "body: Input should be a valid dictionary"),
+        (b'{"item_id": "caf\xe9"}', "body: not valid JSON (not UTF-8 text: byte 16 cannot be decoded)"),
     ]:
         response = client.post(f"/api/shoppers/{user}/events", content=content, headers={"content-type": "application/json"})
         assert response.status_code == 422 and response.json()["detail"].startswith(expected), response.text

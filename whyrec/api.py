@@ -10,10 +10,12 @@ from datetime import datetime
 from typing import Annotated, Iterator
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, BeforeValidator, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from whyrec.catalog import EventKind
 from whyrec.config import Settings
@@ -348,6 +350,7 @@ def create_app(service: WhyrecService, settings: Settings) -> FastAPI:
     app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _unreadable_body)
 
     @app.exception_handler(WhyrecError)
     def _user_error(_request: Request, exc: WhyrecError) -> JSONResponse:
@@ -377,6 +380,14 @@ def create_app(service: WhyrecService, settings: Settings) -> FastAPI:
 def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with one line naming each bad field ("body.item_id: ..."), the same shape as every other error."""
     return JSONResponse({"detail": "; ".join(_invalid_field(e) for e in exc.errors())}, status_code=422)
+
+
+async def _unreadable_body(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI answers a JSON body that is not UTF-8 with a bare, undocumented 400 ("error parsing
+    the body"): it is invalid JSON like any other, so a 422 that says so."""
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        return JSONResponse({"detail": f"body: not valid JSON (not UTF-8 text: byte {exc.__cause__.start} cannot be decoded)"}, status_code=422)
+    return await http_exception_handler(request, exc)
 
 
 def _invalid_field(error: dict) -> str:
