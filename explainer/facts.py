@@ -151,12 +151,30 @@ def build_fact_table(
     return FactTable(user_id, item.item_id, tuple(facts))
 
 
+def cold_start_fact_table(user_id: str, item: Item, ranked: RankedItem, shoppers: int, total_shoppers: int, first_seen: str | None) -> FactTable:
+    """The facts for an item shown to a shopper with no usable history: the item's own facts and why
+    it is shown instead (how many shoppers took it up; when it first appeared, for a new item)."""
+    table = build_fact_table(user_id, item, ranked, [])
+    facts = list(table.facts)
+    if first_seen is not None:
+        text = f"It is new in this shop: first seen on {first_seen}."
+        facts.append(Fact(f"F{len(facts) + 1}", FactKind.NEW_ITEM, text, first_seen))
+    text = f"It is popular with shoppers in this shop: {shoppers} of {total_shoppers} shoppers bought or looked at it."
+    facts.append(Fact(f"F{len(facts) + 1}", FactKind.POPULAR, text, str(shoppers)))
+    return FactTable(user_id, item.item_id, tuple(facts))
+
+
 def template_sentence(table: FactTable) -> tuple[str, tuple[Fact, ...]]:
     """A deterministic sentence built only from the facts, and the facts it uses."""
     kinds: dict[FactKind, Fact] = {}
     for fact in table.facts:
         kinds.setdefault(fact.kind, fact)
     history = kinds.get(FactKind.HISTORY_ITEM)
+    new, popular, category = kinds.get(FactKind.NEW_ITEM), kinds.get(FactKind.POPULAR), kinds.get(FactKind.ITEM_CATEGORY)
+    if history is None and new is not None:
+        return (f"New in {category.value}.", (new, category)) if category else ("New in this shop.", (new,))
+    if history is None and popular is not None:
+        return "Popular with shoppers in this shop.", (popular,)
     if history is None:
         category = kinds.get(FactKind.ITEM_CATEGORY)
         if category:

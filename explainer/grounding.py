@@ -15,7 +15,7 @@ word in it occurs somewhere in the facts (tests/data/grounding_labels.json measu
    verb must match the recorded event, and the recommended item is not claimed as bought;
    "another X product" needs the fact that a history item is also made by X;
 5. ranks: "#A instead of #B" / "from #A to #B" must match the rank and counterfactual facts;
-6. history: the text names an item from the shopper's history (or says "popular" when that is the fact).
+6. history: the text names an item from the shopper's history (or says "popular" / "new" when that is the fact).
 
 A paraphrase that uses a new word fails; that costs a template sentence, never a false claim.
 """
@@ -147,13 +147,16 @@ class _Sides:
         # The history item the counterfactual is about: 'Without "X" in your history ...'.
         self.counterfactual_item = next((_name_tokens(f.text.split('"')[1]) for f in facts if f.kind is FactKind.COUNTERFACTUAL and f.text.count('"') >= 2), None)
         self.popular = any(f.kind is FactKind.POPULAR for f in facts)
+        self.new = any(f.kind is FactKind.NEW_ITEM for f in facts)
 
 
 def check_grounding(text: str, table: FactTable) -> GroundingVerdict:
     if not text.strip():
         return GroundingVerdict(False, "empty text")
     sides = _Sides(table)
-    cites_history = _cites_history(text, table) or (sides.popular and "popular" in _words(text) and not table.history_facts())
+    # With no history facts, the reason a shopper sees the item is its popularity or newness.
+    no_history_reason = (sides.popular and "popular" in _words(text)) or (sides.new and "new" in _words(text))
+    cites_history = _cites_history(text, table) or (no_history_reason and not table.history_facts())
 
     unsupported = [n for n in sorted(_numbers(text) - _numbers(sides.all_text))]
     for word in _words(text):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.resources
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,13 @@ from whyrec.schema import FactKind
 
 _FILE = re.compile(r"^(?P<name>[a-z0-9_-]+)\.v(?P<version>\d+)\.yaml$")
 _ROLES = {"system", "human", "user", "ai", "assistant"}
+# What the explainer fills in (explainer.prompt_variables); anything else would reach the generator
+# unfilled or fail at run time, so a template may only use these.
+TEMPLATE_VARIABLES = ("facts", "item_title")
+_PLACEHOLDER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Jinja left in an f-string template is sent to the model as literal text: refused, so nobody
+# believes it is evaluated ("{{ x }}" is a Jinja expression; '{{"text": ...}}' is a literal brace).
+_JINJA = re.compile(r"\{%|%\}|\{#|\{\{\s*[A-Za-z_][^{}]*\}\}")
 
 
 @dataclass(frozen=True)
@@ -78,10 +86,18 @@ def parse_template(text: str, source: str = "<text>") -> PromptTemplateSpec:
     variables = data["variables"]
     if not isinstance(variables, list) or not all(isinstance(v, str) for v in variables):
         raise ConfigError(f"{source}: 'variables' must be a list of names")
+    unknown = sorted(set(variables) - set(TEMPLATE_VARIABLES))
+    if unknown:
+        raise ConfigError(f"{source}: unknown variables {unknown}: a template may use only {list(TEMPLATE_VARIABLES)}")
+    if data.get("template_format", "f-string") != "f-string":
+        raise ConfigError(f"{source}: template_format {data['template_format']!r} is not supported: templates are f-strings with {{variable}} placeholders")
+    if not isinstance(data["messages"], list):
+        raise ConfigError(f"{source}: 'messages' must be a list of {{role, content}}")
     messages = []
-    for i, message in enumerate(data["messages"] or []):
+    for i, message in enumerate(data["messages"]):
         if not isinstance(message, dict) or message.get("role") not in _ROLES or not isinstance(message.get("content"), str):
             raise ConfigError(f"{source}: messages[{i}] needs a role ({', '.join(sorted(_ROLES))}) and a string content")
+        _check_placeholders(message["content"], f"{source}: messages[{i}]")
         messages.append((message["role"], message["content"]))
     if not messages:
         raise ConfigError(f"{source}: 'messages' is empty")
@@ -106,4 +122,21 @@ def parse_template(text: str, source: str = "<text>") -> PromptTemplateSpec:
     if used != set(variables):
         missing, extra = sorted(used - set(variables)), sorted(set(variables) - used)
         raise ConfigError(f"{source}: variables do not match the messages (used but not declared: {missing}; declared but unused: {extra})")
+    if "facts" not in used:
+        raise ConfigError(f"{source}: the messages never use {{facts}}: the generator would have nothing to ground its answer on")
     return spec
+
+
+def _check_placeholders(content: str, where: str) -> None:
+    """Only bare {name} placeholders: no attribute or index access, conversions, format specs or Jinja."""
+    jinja = _JINJA.search(content)
+    if jinja:
+        raise ConfigError(f"{where}: {jinja.group(0)!r} is Jinja syntax, which these templates do not evaluate: use {{facts}}-style placeholders (write {{{{ and }}}} for a literal brace)")
+    try:
+        fields = [(name, conversion, spec) for _, name, spec, conversion in string.Formatter().parse(content) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{where}: malformed placeholder ({exc}); write {{{{ and }}}} for a literal brace") from None
+    for name, conversion, spec in fields:
+        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if not _PLACEHOLDER.match(name) or conversion or spec:
+            raise ConfigError(f"{where}: placeholder {shown} is not allowed: only a bare variable name such as {{facts}} (no attribute or index access, conversion or format spec)")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import gradio as gr
 
 from whyrec.config import Settings
-from whyrec.errors import WhyrecError
+from whyrec.errors import UnknownShopper, WhyrecError
 from whyrec.explainer.facts import short_title
 from whyrec.schema import FactKind, RecommendedItem
 from whyrec.service import ItemExplained, SlateLogged, SlateRanked, WhyrecService
@@ -134,6 +134,8 @@ def build_shop(service: WhyrecService, settings: Settings) -> gr.Blocks:
     def history_md(user_id: str) -> str:
         try:
             events = service.history(user_id)[-6:]
+        except UnknownShopper:
+            return "**No activity yet.** Until you look at or buy something, your picks are popular and new items in this shop."
         except WhyrecError as exc:
             return f"**{html.escape(str(exc))}**"
         lines = [f"- {e.kind.value}: {catalog.items[e.item_id].title}" for e in reversed(events)]
@@ -144,13 +146,18 @@ def build_shop(service: WhyrecService, settings: Settings) -> gr.Blocks:
         chat = chat + [{"role": "assistant", "content": lead + "Looking at your history…"}]
         view = SlateView(user_id)
         yield chat, view, gr.update()
-        history = {e.item_id: [short_title(catalog.items[e.item_id]), catalog.items[e.item_id].title] for e in service.history(user_id)}
+        try:
+            events = service.history(user_id)
+        except WhyrecError:  # no usable history: the slate is popular and new items
+            events = []
+        history = {e.item_id: [short_title(catalog.items[e.item_id]), catalog.items[e.item_id].title] for e in events}
         for event in service.stream(user_id, k, request):
             if isinstance(event, SlateRanked):
                 cards = tuple(Card(r.item_id, t, r.rank) for r, t in zip(event.slate.items, event.titles))
                 topic = " matching your words" if event.slate.topic_matched else ""
                 view = SlateView(user_id, cards)
-                chat[-1] = {"role": "assistant", "content": f"{lead}Here are {len(cards)} picks{topic} from your history. The reason for each appears on its card."}
+                source = "popular and new in this shop (there is no history of yours to go on yet)" if event.slate.cold_start else "from your history"
+                chat[-1] = {"role": "assistant", "content": f"{lead}Here are {len(cards)} picks{topic} {source}. The reason for each appears on its card."}
             elif isinstance(event, ItemExplained):
                 cards = list(view.cards)
                 cards[event.position] = card_for(event.item, history)

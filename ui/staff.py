@@ -13,7 +13,7 @@ import gradio as gr
 from whyrec import prompt_lab
 from whyrec.config import Settings
 from whyrec.errors import WhyrecError
-from whyrec.explainer.templates import builtin_prompt_dir
+from whyrec.explainer.templates import builtin_prompt_dir, parse_template
 from whyrec.schema import WhyNot
 from whyrec.service import WhyrecService
 from whyrec.store import ImpressionItemRecord, ImpressionRecord
@@ -143,14 +143,17 @@ def build_staff(service: WhyrecService, settings: Settings) -> gr.Blocks:
         item = next(i for i in record.items if i.item_id == item_id)
         return rows, record_html(record, item, titles)
 
-    def why_not(user_id: str, item_id: str, k: float):
+    def why_not(user_id: str, item_id: str, k: float | None):
         try:
+            if k is None:  # the number box was cleared
+                raise WhyrecError("enter a slate size from 1 to 50")
             return why_not_html(service.why_not((user_id or "").strip(), (item_id or "").strip(), int(k)))
         except WhyrecError as exc:
             raise gr.Error(str(exc))
 
     def run_lab(text: str, shoppers: float, progress=gr.Progress()):
         try:
+            parse_template(text, source="the edited template")  # refused before any shopper is ranked
             progress(0.1, desc="ranking the sample shoppers")
             tables, item_titles = prompt_lab.sample_tables(service.recommender, int(shoppers))
             progress(0.3, desc="generating with both templates")

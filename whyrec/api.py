@@ -10,9 +10,12 @@ from datetime import datetime
 from typing import Annotated, Iterator
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from whyrec.catalog import EventKind
 from whyrec.config import Settings
@@ -23,6 +26,19 @@ from whyrec.service import ItemExplained, SlateLogged, SlateRanked, WhyrecServic
 from whyrec.store import AttemptRecord, AttributionRecord, EventRecord, FactRecord, FeedbackKind, FeedbackRecord, ImpressionRecord, UnknownImpression
 
 MAX_K = 50
+# Ids and texts may be any Unicode except control characters (C0, DEL, C1): those are never part of
+# an id or a shopper's words, and would end up in logs and the store. A 422 names the field.
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
+
+def _iso_time(value):
+    """The schema says date-time: a bare number ("0.5") is refused rather than read as Unix seconds."""
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("expected an ISO 8601 date-time such as 2026-11-24T15:30:00Z")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_time)]
 
 # ---- request and response models ----
 
@@ -57,6 +73,7 @@ class SlateOut(BaseModel):
     served_at: datetime
     user_id: str
     topic_matched: bool = Field(description="the request's words narrowed the candidates")
+    cold_start: bool = Field(False, description="the shopper has no usable history (new, or every purchase excluded): popular and new items with template reasons")
     items: list[ItemOut]
 
 
@@ -91,14 +108,14 @@ class ExplanationResponse(BaseModel):
 
 
 class EventIn(BaseModel):
-    item_id: str = Field(min_length=1, max_length=200)
+    item_id: str = Field(min_length=1, max_length=200, pattern=NO_CONTROL)
     kind: EventKind = EventKind.PURCHASE
 
 
 class FeedbackIn(BaseModel):
     kind: FeedbackKind
-    item_id: str | None = Field(None, min_length=1, max_length=200)
-    impression_id: str | None = Field(None, min_length=1, max_length=64, description="required for helpful / not_helpful")
+    item_id: str | None = Field(None, min_length=1, max_length=200, pattern=NO_CONTROL)
+    impression_id: str | None = Field(None, min_length=1, max_length=64, pattern=NO_CONTROL, description="required for helpful / not_helpful")
 
 
 class HealthOut(BaseModel):
@@ -191,19 +208,20 @@ def require_staff(
 
 Service = Annotated[WhyrecService, Depends(get_service)]
 Staff = Annotated[str, Depends(require_staff)]
-UserId = Annotated[str, Path(min_length=1, max_length=200, description="shopper id")]
-ItemId = Annotated[str, Path(min_length=1, max_length=200, description="item id")]
+UserId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_CONTROL, description="shopper id")]
+ItemId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_CONTROL, description="item id")]
+Words = Annotated[str, Query(max_length=500, pattern=NO_CONTROL, description="the shopper's words, e.g. 'something for my desk'")]
 K = Annotated[int, Query(ge=1, le=MAX_K, description="slate size")]
 _ERRORS = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
 
 
 # ---- routes ----
 
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", responses={413: {"model": ErrorOut}, 422: {"model": ErrorOut}})  # every 422 is one readable line (see _invalid_request)
 
 
 @router.get("/shoppers/{user_id}/recommendations", response_model=SlateOut, responses=_ERRORS, tags=["shopper"])
-def recommendations(user_id: UserId, service: Service, k: K = 10, q: Annotated[str, Query(max_length=500, description="the shopper's words, e.g. 'something for my desk'")] = "") -> SlateOut:
+def recommendations(user_id: UserId, service: Service, k: K = 10, q: Words = "") -> SlateOut:
     """The top k items for the shopper, each with its checked explanation; logged as an impression."""
     served = service.recommend(user_id, k, q)
     names = service.recommender.retriever.feature_names
@@ -212,12 +230,13 @@ def recommendations(user_id: UserId, service: Service, k: K = 10, q: Annotated[s
         served_at=served.impression.served_at,
         user_id=user_id,
         topic_matched=served.topic_matched,
+        cold_start=served.cold_start,
         items=[item_out(e, names) for e in served.items],
     )
 
 
 @router.get("/shoppers/{user_id}/recommendations/stream", responses={200: {"content": {"application/x-ndjson": {}}}, **_ERRORS}, tags=["shopper"])
-def recommendations_stream(user_id: UserId, service: Service, k: K = 10, q: Annotated[str, Query(max_length=500)] = "") -> StreamingResponse:
+def recommendations_stream(user_id: UserId, service: Service, k: K = 10, q: Words = "") -> StreamingResponse:
     """The same slate as NDJSON lines as it is made: `{"event": "slate", ...}` with the ranked items,
     one `{"event": "explanation", ...}` per item as soon as it is ready, then `{"event": "done", "impression_id": ...}`."""
     events = service.stream(user_id, k, q)
@@ -228,7 +247,7 @@ def recommendations_stream(user_id: UserId, service: Service, k: K = 10, q: Anno
         for event in _chain(first, events):
             if isinstance(event, SlateRanked):
                 items = [{"position": i, "item_id": r.item_id, "title": t, "rank": r.rank} for i, (r, t) in enumerate(zip(event.slate.items, event.titles))]
-                payload = {"event": "slate", "user_id": user_id, "topic_matched": event.slate.topic_matched, "items": items}
+                payload = {"event": "slate", "user_id": user_id, "topic_matched": event.slate.topic_matched, "cold_start": event.slate.cold_start, "items": items}
             elif isinstance(event, ItemExplained):
                 payload = {"event": "explanation", "position": event.position, "item": item_out(event.item, names).model_dump(mode="json")}
             elif isinstance(event, SlateLogged):
@@ -273,10 +292,10 @@ def post_feedback(user_id: UserId, body: FeedbackIn, service: Service) -> Feedba
 def impressions(
     service: Service,
     _staff: Staff,
-    user_id: Annotated[str | None, Query(max_length=200)] = None,
-    item_id: Annotated[str | None, Query(max_length=200)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    user_id: Annotated[str | None, Query(max_length=200, pattern=NO_CONTROL)] = None,
+    item_id: Annotated[str | None, Query(max_length=200, pattern=NO_CONTROL)] = None,
+    since: IsoTime | None = None,
+    until: IsoTime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[ImpressionRecord]:
     """Served slates, newest first (staff only): with `item_id`, only those that showed it."""
@@ -284,7 +303,7 @@ def impressions(
 
 
 @router.get("/impressions/{impression_id}", response_model=ImpressionRecord, responses={401: {"model": ErrorOut}, 404: {"model": ErrorOut}}, tags=["support"])
-def impression(impression_id: Annotated[str, Path(max_length=64)], service: Service, _staff: Staff) -> ImpressionRecord:
+def impression(impression_id: Annotated[str, Path(max_length=64, pattern=NO_CONTROL)], service: Service, _staff: Staff) -> ImpressionRecord:
     """One served slate exactly as recorded: texts, fact tables, prompts, prompt version, model, verdicts."""
     return service.impression(impression_id)
 
@@ -329,6 +348,9 @@ def create_app(service: WhyrecService, settings: Settings) -> FastAPI:
     app.state.service = service
     app.state.settings = settings
     app.include_router(router)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _unreadable_body)
 
     @app.exception_handler(WhyrecError)
     def _user_error(_request: Request, exc: WhyrecError) -> JSONResponse:
@@ -350,3 +372,67 @@ def create_app(service: WhyrecService, settings: Settings) -> FastAPI:
         return response
 
     return app
+
+
+# ---- bad input ----
+
+
+def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one line naming each bad field ("body.item_id: ..."), the same shape as every other error."""
+    return JSONResponse({"detail": "; ".join(_invalid_field(e) for e in exc.errors())}, status_code=422)
+
+
+async def _unreadable_body(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI answers a JSON body that is not UTF-8 with a bare, undocumented 400 ("error parsing
+    the body"): it is invalid JSON like any other, so a 422 that says so."""
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        return JSONResponse({"detail": f"body: not valid JSON (not UTF-8 text: byte {exc.__cause__.start} cannot be decoded)"}, status_code=422)
+    return await http_exception_handler(request, exc)
+
+
+def _invalid_field(error: dict) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ())) or "request"
+    if error.get("type") == "string_pattern_mismatch":
+        return f"{where}: control characters are not allowed"
+    if error.get("type") == "json_invalid":
+        return f"body: not valid JSON ({error.get('ctx', {}).get('error', 'decode error')})"
+    return f"{where}: {error.get('msg', 'invalid')}"
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(status.HTTP_413_CONTENT_TOO_LARGE, f"request body is larger than the limit of {limit} bytes (WHYREC_MAX_BODY_BYTES)")
+
+
+class BodyLimit:
+    """Refuses /api request bodies over `limit` bytes with 413, by Content-Length when given and by
+    counting what arrives otherwise (chunked), so an oversized body is never read whole."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):  # the Gradio views post their own state
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _send_413(send, self.limit)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)  # FastAPI re-raises HTTPExceptions from body reading: a 413
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _send_413(send, limit: int) -> None:
+    body = json.dumps({"detail": BodyTooLarge(limit).detail}).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     prompts_dir: Path | None = Field(None, description="Folder the Prompt lab saves new template versions to (and loads them from); unset = the package's prompts/ folder.")
     shop_k: int = Field(5, ge=1, le=50, description="Items per slate in the Shop view.")
 
+    # Bad input (API): bounded request bodies and posted history.
+    max_body_bytes: int = Field(16_384, ge=1024, description="Largest request body the API reads; larger ones get 413.")
+    max_events_per_shopper: int = Field(1_000, ge=1, description="Events one shopper may post to the API; more get 422 (the store read per request stays bounded).")
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

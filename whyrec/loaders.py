@@ -94,13 +94,10 @@ def load_amazon(folder: str | Path) -> Catalog:
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if not text.strip():
         raise DataError(path, "file is empty")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"invalid JSON: {exc.msg}", row=f"line {exc.lineno}") from None
+    data = _parse_json(path, text)
     if not isinstance(data, dict):
         raise DataError(path, f"expected a JSON object at the top level, got {type(data).__name__}")
     if not data:
@@ -175,9 +172,25 @@ def _pick(folder: Path, stem: str) -> Path:
     return found[0]
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"not UTF-8 text: byte {exc.start} ({exc.object[exc.start]:#04x}) cannot be decoded; save the file as UTF-8") from None
+
+
+def _parse_json(path: Path, text: str, row: int | None = None) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"invalid JSON: {exc.msg}", row=row if row is not None else f"line {exc.lineno}") from None
+    except RecursionError:  # the parser recurses once per level of [ or {
+        raise DataError(path, "invalid JSON: nested too deeply", row=row) from None
+
+
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, record). CSV values arrive as strings; JSONL values keep their JSON types."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if not text.strip():
         raise DataError(path, "file is empty")
     count = 0
@@ -185,10 +198,7 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, f"invalid JSON: {exc.msg}", row=lineno) from None
+            record = _parse_json(path, line, row=lineno)
             if not isinstance(record, dict):
                 raise DataError(path, f"expected a JSON object, got {type(record).__name__}", row=lineno)
             count += 1
@@ -287,16 +297,25 @@ def _timestamp(path: Path, row: int, value: Any) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, tz=timezone.utc)
+        return _unix_seconds(path, row, value)
     if isinstance(value, str):
         text = value.strip()
         try:
-            return datetime.fromtimestamp(float(text), tz=timezone.utc)
+            seconds = float(text)
         except ValueError:
             pass
+        else:
+            return _unix_seconds(path, row, seconds)
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
             raise DataError(path, f"expected ISO 8601 or Unix seconds, got {value!r}", row=row, field="timestamp") from None
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
     raise DataError(path, f"expected ISO 8601 or Unix seconds, got {value!r}", row=row, field="timestamp")
+
+
+def _unix_seconds(path: Path, row: int, seconds: float) -> datetime:
+    try:
+        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):  # NaN, or outside the years datetime can hold
+        raise DataError(path, f"Unix seconds {seconds!r} is not a date between years 1 and 9999", row=row, field="timestamp") from None

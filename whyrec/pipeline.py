@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +20,7 @@ from whyrec.config import Settings
 from whyrec.errors import ConfigError, UnknownShopper, WhyrecError
 from whyrec.explainer import Explainer, PromptTemplateSpec, build_fact_table, load_template, make_chat_model
 from whyrec.explainer.cache import ExplanationCache
+from whyrec.explainer.facts import cold_start_fact_table, template_sentence
 from whyrec.loaders import load_catalog
 from whyrec.ranker import CrossEncoderRanker, TrainConfig, TrainReport, diversify, train_ranker
 from whyrec.ranker.feedback import FeedbackConfig, FeedbackReport, engaged_above_skipped, train_on_feedback
@@ -27,10 +28,12 @@ from whyrec.ranker.model import CHECKPOINT_META, FEATURE_SCALE
 from whyrec.retrieval import EmbeddingRetriever, ItemIndex, embed_items, load_encoder
 from whyrec.retrieval.cooccurrence import CooccurrenceRetriever
 from whyrec.retrieval.fusion import FusedRetriever, FusionWeights, tune_weights
+from whyrec.retrieval.popularity import PopularItems
 from whyrec.retrieval.sequential import SequenceConfig, SequenceRetriever, refit_sequence_model, train_sequence_model
 from whyrec.schema import (
     Change,
     Explanation,
+    ExplanationSource,
     FactTable,
     RankedItem,
     RankedSlate,
@@ -272,6 +275,10 @@ StageTimer = Callable[[str, float], None]
 TOPIC_POOL = 200  # candidates searched for items matching an asked topic
 
 
+class NoHistoryLeft(WhyrecError):
+    """Every item in the shopper's history was excluded ("don't use this purchase")."""
+
+
 @dataclass
 class Recommender:
     settings: Settings
@@ -281,6 +288,7 @@ class Recommender:
     explainer: Explainer
     # Called with ("retrieval" | "ranking" | "explanation", seconds) after each stage (the service's metrics).
     stage_timer: StageTimer | None = None
+    _popular: PopularItems | None = field(default=None, init=False, repr=False)  # counted on first use
 
     @classmethod
     def load(cls, settings: Settings, log: Log = stderr_log) -> "Recommender":
@@ -300,12 +308,21 @@ class Recommender:
             overlay = replace(overlay, not_interested=overlay.not_interested | not_interested)
         return Recommendations(user_id, self.explain_slate(self.rank(user_id, k, overlay)))
 
-    def rank(self, user_id: str, k: int = 10, overlay: ShopperOverlay | None = None, topic: frozenset[str] = frozenset()) -> RankedSlate:
+    def rank(
+        self, user_id: str, k: int = 10, overlay: ShopperOverlay | None = None, topic: frozenset[str] = frozenset(), cold_start: bool = False
+    ) -> RankedSlate:
         """The slate and its fact tables, before any text is generated. `topic` (lower-case words)
-        narrows the candidates to items whose text contains one of them, when any does."""
+        narrows the candidates to items whose text contains one of them, when any does. With
+        `cold_start`, a shopper with no usable history (never seen, or every purchase excluded) gets
+        popular and new items instead of an error."""
         if k < 1:
             raise ValueError("k must be at least 1")
-        events, history, exclude = self._shopper(user_id, overlay)
+        try:
+            events, history, exclude = self._shopper(user_id, overlay)
+        except (UnknownShopper, NoHistoryLeft):
+            if not cold_start:
+                raise
+            return self._cold_start_slate(user_id, k, overlay or ShopperOverlay(), topic)
         n = max(self.settings.candidates, k)
         with self._stage("retrieval"):
             pool = self.retriever.candidates(history, max(n, TOPIC_POOL) if topic else n, exclude)
@@ -321,11 +338,12 @@ class Recommender:
         return RankedSlate(user_id, tuple(history), tuple(items), tuple(tables), topic_matched=bool(matching))
 
     def explain_slate(self, slate: RankedSlate, positions: list[int] | None = None) -> list[RecommendedItem]:
-        """Explanations for the slate's items (or those at `positions`), generated as one batch."""
+        """Explanations for the slate's items (or those at `positions`), generated as one batch
+        (template reasons, without the generator, for a cold-start slate)."""
         positions = list(range(len(slate.items))) if positions is None else positions
         tables = [slate.tables[i] for i in positions]
         with self._stage("explanation"):
-            explanations = self.explainer.explain(tables)
+            explanations = [self._template_reason(t) for t in tables] if slate.cold_start else self.explainer.explain(tables)
         return [self._recommended(slate.items[i], e, t) for i, e, t in zip(positions, explanations, tables)]
 
     def explain(self, user_id: str, item_id: str, overlay: ShopperOverlay | None = None) -> RecommendedItem:
@@ -377,7 +395,7 @@ class Recommender:
         events = [e for e in [*events, *overlay.events] if e.item_id not in overlay.excluded_history]
         history = dedupe_keep_last(e.item_id for e in events)
         if not history:
-            raise WhyrecError(f"shopper '{user_id}' has no history left to recommend from: every item in it was excluded")
+            raise NoHistoryLeft(f"shopper '{user_id}' has no history left to recommend from: every item in it was excluded")
         purchased = {e.item_id for e in events if e.kind is EventKind.PURCHASE}
         return events, history, purchased | overlay.not_interested | overlay.excluded_history
 
@@ -419,6 +437,27 @@ class Recommender:
             changes.append(Change("remove_items_above", f"It would be shown if {needed} of the {above} items ranked above it were marked not interested.", None, k))
         changes.append(Change("score_needed", f"Its score would have to rise by {gap:.3f} to reach the last shown item."))
         return changes
+
+    def _cold_start_slate(self, user_id: str, k: int, overlay: ShopperOverlay, topic: frozenset[str]) -> RankedSlate:
+        if self._popular is None:
+            self._popular = PopularItems(self.catalog.interactions)
+        popular = self._popular
+        bought = {e.item_id for e in overlay.events if e.kind is EventKind.PURCHASE}
+        exclude = bought | overlay.not_interested | overlay.excluded_history
+        with self._stage("retrieval"):
+            matching = popular.pick(k, exclude, lambda i: _mentions(self.catalog.items[i], topic)) if topic else []
+            picks = matching or popular.pick(k, exclude)
+        items, tables = [], []
+        for rank, p in enumerate(picks, start=1):
+            ranked = RankedItem(p.item_id, rank, float(p.shoppers), 0.0, candidates_scored=len(picks))  # no ranker involved
+            first_seen = f"{p.first_seen:%Y-%m-%d}" if p.new and p.first_seen else None
+            items.append(ranked)
+            tables.append(cold_start_fact_table(user_id, self.catalog.items[p.item_id], ranked, p.shoppers, popular.total_shoppers, first_seen))
+        return RankedSlate(user_id, (), tuple(items), tuple(tables), topic_matched=bool(matching), cold_start=True)
+
+    def _template_reason(self, table: FactTable) -> Explanation:
+        text, facts = template_sentence(table)
+        return Explanation(text, ExplanationSource.TEMPLATE, False, facts, self.explainer.template.label, "")
 
     def _stage(self, name: str):
         return _timed(name, self.stage_timer)

@@ -78,6 +78,7 @@ class FactKind(str, Enum):
     RANK = "rank"
     COUNTERFACTUAL = "counterfactual"
     POPULAR = "popular"
+    NEW_ITEM = "new_item"  # first seen in the shop's data recently (a reason for shoppers with no history)
     SHARED_USE = "shared_use"  # what the item and a history item are both for (words both names carry)
 
 
@@ -190,6 +191,9 @@ class RankedSlate:
     items: tuple[RankedItem, ...]  # in slate order, with attributions
     tables: tuple[FactTable, ...]  # one per item, same order
     topic_matched: bool = False  # the candidates were narrowed to items matching the asked topic
+    # No usable history (a new shopper, or every purchase excluded): popular and new items, each
+    # explained by a template reason from its popularity facts, never by the generator.
+    cold_start: bool = False
 
 
 @dataclass(frozen=True)

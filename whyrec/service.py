@@ -21,11 +21,16 @@ class InvalidFeedback(WhyrecError):
     """Feedback that cannot apply (no item given, an item the shopper never had, ...)."""
 
 
+class EventLimitReached(WhyrecError):
+    """A shopper posted as many events as the service keeps (WHYREC_MAX_EVENTS_PER_SHOPPER)."""
+
+
 @dataclass(frozen=True)
 class ServedSlate:
     impression: ImpressionRecord
     items: list[RecommendedItem]
     topic_matched: bool  # the shopper's words narrowed the candidates
+    cold_start: bool = False  # no usable history: popular and new items with template reasons
 
 
 @dataclass(frozen=True)
@@ -70,15 +75,16 @@ class WhyrecService:
         return self.recommender.catalog
 
     def recommend(self, user_id: str, k: int, request: str = "") -> ServedSlate:
-        """A slate with explanations, logged. `request` is the shopper's words ("something for my desk")."""
-        slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request))
+        """A slate with explanations, logged. `request` is the shopper's words ("something for my desk").
+        A shopper the shop has never seen, or with every purchase excluded, gets popular and new items."""
+        slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request), cold_start=True)
         items = self.recommender.explain_slate(slate)
         return self._log(slate, items)
 
     def stream(self, user_id: str, k: int, request: str = "") -> Iterator[SlateRanked | ItemExplained | SlateLogged]:
         """The same slate as recommend(), yielded as it is made: the ranked items first, then each
         explanation as soon as it has passed (or failed) its check, then the logged impression."""
-        slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request))
+        slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request), cold_start=True)
         yield SlateRanked(slate, [self.catalog.items[r.item_id].title for r in slate.items])
         done: dict[int, RecommendedItem] = {}
         workers = max(1, min(len(slate.items), self.recommender.settings.llm_concurrency))
@@ -112,16 +118,20 @@ class WhyrecService:
 
     def record_event(self, user_id: str, item_id: str, kind: EventKind) -> EventRecord:
         self.catalog.item(item_id)
+        limit = self.recommender.settings.max_events_per_shopper
+        if self.store.event_count(user_id) >= limit:
+            raise EventLimitReached(f"shopper '{user_id}' has posted {limit} events, the most this service keeps per shopper (WHYREC_MAX_EVENTS_PER_SHOPPER)")
         record = self.store.add_event(user_id, item_id, kind)
         self.metrics.events.labels(kind.value).inc()
         return record
 
     def record_feedback(self, user_id: str, kind: FeedbackKind, item_id: str | None = None, impression_id: str | None = None) -> FeedbackRecord:
-        history = self.history(user_id)  # also rejects an unknown shopper
         if item_id is None:
             raise InvalidFeedback(f"feedback '{kind.value}' needs an item_id")
         self.catalog.item(item_id)
-        if kind is FeedbackKind.EXCLUDE_PURCHASE and item_id not in _ids(history):
+        # Only "don't use this purchase" needs a history (an unknown shopper is a 404 there); a new
+        # shopper may mark a popular item "not interested" or rate its reason.
+        if kind is FeedbackKind.EXCLUDE_PURCHASE and item_id not in _ids(self.history(user_id)):
             raise InvalidFeedback(f"item '{item_id}' is not in shopper '{user_id}''s history, so there is no purchase to stop using")
         if kind in (FeedbackKind.HELPFUL, FeedbackKind.NOT_HELPFUL):
             if impression_id is None:
@@ -142,11 +152,12 @@ class WhyrecService:
         return self.store.impression(impression_id)
 
     def _log(self, slate: RankedSlate, items: list[RecommendedItem]) -> ServedSlate:
-        prompts = [self.recommender.prompt_messages(t) for t in slate.tables]
+        # A cold-start slate's reasons are template sentences: no prompt was sent.
+        prompts = [[] if slate.cold_start else self.recommender.prompt_messages(t) for t in slate.tables]
         impression = self.store.log_impression(slate.user_id, "slate", list(slate.history), items, prompts, self.recommender.retriever.feature_names)
         for entry in items:
             self.metrics.explanations.labels(entry.explanation.source.value).inc()
-        return ServedSlate(impression, items, slate.topic_matched)
+        return ServedSlate(impression, items, slate.topic_matched, slate.cold_start)
 
 
 def _ids(events: list[Interaction]) -> list[str]:

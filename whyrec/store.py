@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
@@ -296,6 +296,10 @@ class Store:
         with self._session.begin() as session:
             session.add(row)
         return EventRecord(event_id=row.id, created_at=_utc(row.created_at), user_id=user_id, item_id=item_id, kind=kind)
+
+    def event_count(self, user_id: str) -> int:
+        with self._session() as session:
+            return session.scalar(select(func.count()).select_from(_Event).where(_Event.user_id == user_id)) or 0
 
     def add_feedback(self, user_id: str, kind: FeedbackKind, item_id: str | None = None, impression_id: str | None = None) -> FeedbackRecord:
         row = _Feedback(created_at=_now(), user_id=user_id, kind=kind.value, item_id=item_id, impression_id=impression_id)
