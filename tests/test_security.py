@@ -76,8 +76,12 @@ PROTECTED = {
     ("GET", "/api/impressions/{impression_id}"): (Role.SUPPORT, lambda s: {"url": f"/api/impressions/{s['impression']}"}),
     ("GET", "/api/shoppers/{user_id}/items/{item_id}/why-not"): (Role.SUPPORT, lambda s: {"url": f"/api/shoppers/{s['user']}/items/{s['item']}/why-not"}),
     ("GET", "/api/prompts"): (Role.PROMPT_ENGINEER, lambda s: {"url": "/api/prompts"}),
-    ("POST", "/api/prompts/compare"): (Role.PROMPT_ENGINEER, lambda s: {"url": "/api/prompts/compare", "json": {"template": _current_template(), "shoppers": 1}}),
+    # A template the lab refuses (422) before running anything: past the login check, and cheap (the
+    # full comparison runs in the Prompt lab test below).
+    ("POST", "/api/prompts/compare"): (Role.PROMPT_ENGINEER, lambda s: {"url": "/api/prompts/compare", "json": {"template": BROKEN_TEMPLATE, "shoppers": 1}}),
 }
+ANSWER = {("POST", "/api/prompts/compare"): 422}  # what the right role gets; 200 unless listed
+BROKEN_TEMPLATE = "name: x\nversion: 1\nvariables: [facts]\nmessages: []\n"
 VIEWS = {"/support": (Role.SUPPORT,), "/prompt-lab": (Role.PROMPT_ENGINEER,), "/staff": (Role.SUPPORT, Role.PROMPT_ENGINEER)}
 
 
@@ -126,7 +130,7 @@ def test_a_protected_route_answers_the_right_role_and_the_admin(served, route):
     role, request = PROTECTED[route]
     for login in (ROLE_LOGIN[role], ADMIN):
         response = client.request(route[0], **request(sample), auth=login)
-        assert response.status_code == 200, response.text
+        assert response.status_code == ANSWER.get(route, 200), response.text
 
 
 def test_the_prompt_lab_api_lists_templates_and_compares_an_edit(served):
@@ -136,7 +140,7 @@ def test_the_prompt_lab_api_lists_templates_and_compares_an_edit(served):
     edited = _current_template().replace("Use only the facts.", "Use only the facts. Be brief.")
     body = client.post("/api/prompts/compare", json={"template": edited, "shoppers": 1}, auth=ENGINEER).json()
     assert body["current"]["label"] == "shopper.v2" and "Be brief." in body["diff"] and len(body["candidate"]["texts"]) == 1
-    broken = client.post("/api/prompts/compare", json={"template": "name: x\nversion: 1\nvariables: [facts]\nmessages: []\n"}, auth=ENGINEER)
+    broken = client.post("/api/prompts/compare", json={"template": BROKEN_TEMPLATE}, auth=ENGINEER)
     assert broken.status_code == 422 and "messages" in broken.json()["detail"]
 
 

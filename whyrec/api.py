@@ -19,7 +19,7 @@ from whyrec.accounts import Role, StaffAccount, authenticate, load_accounts
 from whyrec.catalog import EventKind
 from whyrec.config import Settings
 from whyrec.errors import UnknownItem, UnknownShopper, WhyrecError
-from whyrec.explainer.templates import available_templates
+from whyrec.explainer.templates import available_templates, parse_template
 from whyrec.ratelimit import RateLimiter, retry_after_header
 from whyrec.schema import RecommendedItem, WhyNot
 from whyrec.service import ItemExplained, SlateLogged, SlateRanked, WhyrecService
@@ -372,6 +372,7 @@ def prompts(service: Service, settings: Annotated[Settings, Depends(get_settings
 def compare_prompts(body: CompareIn, service: Service, _staff: PromptEngineer) -> CompareOut:
     """Run an edited template and the current one on the same shoppers' fact tables (the Prompt lab's
     comparison): metrics, shown texts and the diff. Nothing is saved."""
+    parse_template(body.template, source="the edited template")  # malformed: 422 before any shopper is ranked
     tables, titles = prompt_lab.sample_tables(service.recommender, body.shoppers)
     result = prompt_lab.compare(service.recommender, body.template, tables, titles)
     return CompareOut(item_ids=[t.item_id for t in tables], current=_run_out(result.current), candidate=_run_out(result.candidate), diff=result.diff)
