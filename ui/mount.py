@@ -9,7 +9,7 @@ import gradio as gr
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
-from whyrec.accounts import Role, authenticate, load_accounts
+from whyrec.accounts import Role, authenticate
 from whyrec.config import Settings
 from whyrec.service import WhyrecService
 from whyrec.ui.shop import CSS as SHOP_CSS
@@ -19,7 +19,7 @@ from whyrec.ui.staff import build_prompt_lab, build_staff, build_support
 
 
 def mount_views(app: FastAPI, service: WhyrecService, settings: Settings) -> FastAPI:
-    accounts = load_accounts(settings)
+    accounts = app.state.accounts  # read once, by create_app
 
     def login_with(*roles: Role):
         def login(user: str, password: str) -> bool:
