@@ -23,9 +23,14 @@ from whyrec.store import Store
 pytestmark = pytest.mark.integration
 
 # A process that writes to the store through whyrec.store, as a second API process would.
-# argv: database URL, writer name, rounds, items per impression. Prints one line per committed round.
+# argv: database URL, writer name, rounds, items per impression[, round to stop in]. Prints one line
+# per committed round. With a round to stop in, it prints "inside" once that round's impression row is
+# written and its items are about to be, and waits there, inside the open transaction, to be killed:
+# a hook so that the SIGKILL lands mid-write every time, not by luck of timing.
 WRITER = r"""
 import sys
+import time
+from sqlalchemy import event
 from whyrec.catalog import EventKind
 from whyrec.schema import Explanation, ExplanationSource, Fact, FactKind, FactTable, RankedItem, RecommendedItem
 from whyrec.store import FeedbackKind, Store
@@ -41,7 +46,18 @@ def item(position):
 
 items = [item(p) for p in range(1, size + 1)]
 prompts = [[("human", "Facts: " + "y" * 500)] for _ in items]
+current = -1
+if len(sys.argv) > 5:
+    stop_in = int(sys.argv[5])
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def _stop(connection, cursor, statement, parameters, context, executemany):
+        if current == stop_in and statement.startswith("INSERT INTO impression_items"):
+            print("inside", flush=True)
+            time.sleep(120)
+
 for n in range(rounds):
+    current = n
     shown = store.log_impression(name, "slate", ["h1", "h2"], items, prompts, ())
     store.add_event(name, f"{name}-item-{n}", EventKind.VIEW)
     store.add_feedback(name, FeedbackKind.HELPFUL, items[0].item_id, shown.impression_id)  # reads, then writes
@@ -125,21 +141,19 @@ def test_a_writer_killed_mid_transaction_leaves_no_partial_impression(tmp_path):
     path = tmp_path / "crash.sqlite3"
     url = f"sqlite:///{path}"
     Store(url)
-    size = 400  # big impressions: most of the writer's time is spent inside a transaction
-    writer = _writer(url, "crash", 10_000, size)
-    committed = 0
-    while committed < 3:
-        line = writer.stdout.readline()
-        assert line, writer.stderr.read()[-2000:]
-        committed += 1
-    time.sleep(0.137)  # somewhere inside a later slate's transaction
-    writer.send_signal(signal.SIGKILL)
+    size, committed = 50, 3
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, url, "crash", "10", str(size), str(committed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    lines = [writer.stdout.readline().strip() for _ in range(committed + 1)]
+    assert lines == [*map(str, range(committed)), "inside"], writer.stderr.read()[-2000:] if writer.poll() is not None else lines
+    writer.send_signal(signal.SIGKILL)  # its impression row is written, its items are not, nothing is committed
     writer.wait(timeout=30)
     reopened = Store(url)  # recovery from the WAL happens on open
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         sizes = [n for (n,) in db.execute("SELECT COUNT(i.id) FROM impressions m LEFT JOIN impression_items i ON i.impression_id = m.id GROUP BY m.id")]
-    assert len(sizes) >= committed and set(sizes) == {size}, "an impression row without all of its items"
+    assert sizes == [size] * committed, "an impression row without all of its items, or a committed one lost"
     for record in reopened.impressions(user_id="crash", limit=500):
         assert [i.position for i in record.items] == list(range(1, size + 1))
     reopened.add_event("crash", "after", EventKind.VIEW)  # still writable
