@@ -63,6 +63,26 @@ def amazon_slice(data: Path, shoppers: int, folder: Path) -> Path:
     return folder
 
 
+def start_stack(data: Path, env: dict[str, str], scratch: Path, llm_timeout: float, processes: list[subprocess.Popen]) -> str:
+    """Start `whyrec llm serve` (vLLM) and `whyrec serve --llm-url ...` on 127.0.0.1 with the store
+    in `scratch`; append both to `processes` (vLLM first) as they start; return the API's base URL."""
+    llm_port, port = free_port(), free_port()
+    vllm_log = (scratch / "vllm.log").open("w")
+    processes.append(subprocess.Popen([sys.executable, "-m", "whyrec.cli", "llm", "serve", "--port", str(llm_port)], env=env, stdout=vllm_log, stderr=subprocess.STDOUT))
+    print(f"starting vLLM on 127.0.0.1:{llm_port} (log {scratch / 'vllm.log'})", file=sys.stderr)
+    wait_for(f"http://127.0.0.1:{llm_port}/v1/models", processes[-1], 600, "vLLM")
+    serve_env = {**env, "WHYREC_DATABASE_URL": f"sqlite:///{scratch / 'whyrec.sqlite3'}", "WHYREC_LLM_TIMEOUT_S": str(llm_timeout)}
+    serve_log = (scratch / "serve.log").open("w")
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "whyrec.cli", "serve", "--data", str(data), "--llm-url", f"http://127.0.0.1:{llm_port}/v1", "--port", str(port)],
+        env=serve_env, stdout=serve_log, stderr=subprocess.STDOUT,
+    ))
+    base = f"http://127.0.0.1:{port}"
+    print(f"starting whyrec serve on {base} (log {scratch / 'serve.log'})", file=sys.stderr)
+    wait_for(f"{base}/api/health", processes[-1], 1800, "whyrec serve")
+    return base
+
+
 def get_json(url: str) -> tuple[float, dict]:
     started = time.perf_counter()
     with urllib.request.urlopen(url, timeout=900) as response:
@@ -149,20 +169,7 @@ def main() -> None:
     try:
         if base is None:
             data = amazon_slice(args.data, args.shoppers, scratch / "data") if args.shoppers else args.data
-            llm_port, port = free_port(), free_port()
-            vllm_log = (scratch / "vllm.log").open("w")
-            processes.append(subprocess.Popen([sys.executable, "-m", "whyrec.cli", "llm", "serve", "--port", str(llm_port)], env=env, stdout=vllm_log, stderr=subprocess.STDOUT))
-            print(f"starting vLLM on 127.0.0.1:{llm_port} (log {scratch / 'vllm.log'})", file=sys.stderr)
-            wait_for(f"http://127.0.0.1:{llm_port}/v1/models", processes[-1], 600, "vLLM")
-            serve_env = {**env, "WHYREC_DATABASE_URL": f"sqlite:///{scratch / 'whyrec.sqlite3'}", "WHYREC_LLM_TIMEOUT_S": str(args.llm_timeout)}
-            serve_log = (scratch / "serve.log").open("w")
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "whyrec.cli", "serve", "--data", str(data), "--llm-url", f"http://127.0.0.1:{llm_port}/v1", "--port", str(port)],
-                env=serve_env, stdout=serve_log, stderr=subprocess.STDOUT,
-            ))
-            base = f"http://127.0.0.1:{port}"
-            print(f"starting whyrec serve on {base} (log {scratch / 'serve.log'})", file=sys.stderr)
-            wait_for(f"{base}/api/health", processes[-1], 1800, "whyrec serve")
+            base = start_stack(data, env, scratch, args.llm_timeout, processes)
         health = get_json(f"{base}/api/health")[1]
         model = health["model"]
         users = [u for u in json.loads(next((args.data).glob("*.inter.json")).read_text())][: max(args.shoppers or 10**9, 1)]

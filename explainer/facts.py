@@ -37,6 +37,18 @@ _INSTRUCTION = re.compile(
 )
 
 
+# Line breaks would let seller text start a line of its own in the prompt (a fake "Facts:" header
+# or "[F9]" fact); chat-template control tokens (<|im_start|>, <s>, [INST]) would be read by the
+# tokenizer as a new message with a role.
+_LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+_CHAT_TOKENS = re.compile(r"<\|[^|<>]{0,40}\|>|</?s>|\[/?INST\]|<<\/?SYS>>", re.IGNORECASE)
+
+
+def one_line(text: str) -> str:
+    """Seller-written text as it may sit inside one fact line: no line breaks, no chat control tokens."""
+    return _CHAT_TOKENS.sub(" ", _LINE_BREAKS.sub(" ", text))
+
+
 def description_phrase(item: Item) -> str:
     """The description's first sentence, as plain text. Seller text: quoted data, never instructions."""
     text = re.sub(r"<(script|style)\b.*?(</\1\s*>|$)", " ", item.description, flags=re.IGNORECASE | re.DOTALL)
@@ -99,7 +111,7 @@ def build_fact_table(
     facts: list[Fact] = []
 
     def add(kind: FactKind, text: str, value: str = "", about_history: bool = False) -> None:
-        facts.append(Fact(f"F{len(facts) + 1}", kind, text, value, about_history))
+        facts.append(Fact(f"F{len(facts) + 1}", kind, one_line(text), one_line(value), about_history))
 
     by_id = {h.item_id: (h, kind) for h, kind in history}
     drivers = [a for a in ranked.attributions if a.contribution > 0 and a.history_item_id in by_id][:MAX_HISTORY_FACTS]
@@ -121,7 +133,8 @@ def build_fact_table(
     for key, value in list(item.attributes.items())[:MAX_ATTRIBUTES]:
         label = key.replace("_", " ")
         add(FactKind.ITEM_ATTRIBUTE, f"Its {label} is {value}.", f"{label} {value}")
-    phrase = description_phrase(item)
+    # A double quote in the phrase would close the quotes it sits in.
+    phrase = description_phrase(item).replace('"', "'")
     if phrase:
         add(FactKind.ITEM_PHRASE, f'The seller describes it as: "{phrase}"', phrase)
 

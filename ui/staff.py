@@ -119,10 +119,34 @@ pre.prompt, pre.raw-output {white-space: pre-wrap; font-size: 0.8em; max-height:
 
 
 def build_staff(service: WhyrecService, settings: Settings) -> gr.Blocks:
+    """Both views as tabs: the console of an account with every role (the admin)."""
+    with gr.Blocks(title="whyrec staff") as staff:
+        gr.Markdown("## whyrec staff console")
+        with gr.Tab("Support", elem_id="tab-support"):
+            support_view(service, settings)
+        with gr.Tab("Prompt lab", elem_id="tab-lab"):
+            prompt_lab_view(service, settings)
+    return staff
+
+
+def build_support(service: WhyrecService, settings: Settings) -> gr.Blocks:
+    with gr.Blocks(title="whyrec support") as view:
+        gr.Markdown("## whyrec support")
+        support_view(service, settings)
+    return view
+
+
+def build_prompt_lab(service: WhyrecService, settings: Settings) -> gr.Blocks:
+    with gr.Blocks(title="whyrec prompt lab") as view:
+        gr.Markdown("## whyrec prompt lab")
+        prompt_lab_view(service, settings)
+    return view
+
+
+def support_view(service: WhyrecService, settings: Settings) -> None:
+    """The Support view's components and handlers, inside the enclosing Blocks."""
     catalog = service.catalog
     titles = {i: item.title for i, item in catalog.items.items()}
-    prompts_dir = settings.prompts_dir or Path(str(builtin_prompt_dir()))
-    current = service.recommender.explainer.template
 
     def lookup(user_id: str, item_id: str, when: str):
         user_id, item_id = (user_id or "").strip(), (item_id or "").strip()
@@ -151,6 +175,27 @@ def build_staff(service: WhyrecService, settings: Settings) -> gr.Blocks:
         except WhyrecError as exc:
             raise gr.Error(str(exc))
 
+    gr.Markdown("Why did an item appear for a shopper (from the impression log), or why not (computed now)?")
+    with gr.Row():
+        s_user = gr.Textbox(label="Shopper id", elem_id="support-shopper")
+        s_item = gr.Textbox(label="Item id", elem_id="support-item")
+        s_time = gr.Textbox(label="At or before (UTC, optional)", placeholder="2026-11-24 15:30", elem_id="support-time")
+        s_k = gr.Number(value=settings.shop_k, label="Slate size", precision=0, minimum=1, maximum=50, elem_id="support-k")
+    with gr.Row():
+        s_lookup = gr.Button("Look up impressions", variant="primary", elem_id="support-lookup")
+        s_whynot = gr.Button("Why not?", elem_id="support-whynot")
+    s_table = gr.Dataframe(headers=IMPRESSION_COLUMNS, label="Impressions that showed it (newest first)", elem_id="support-impressions", interactive=False)
+    s_record = gr.HTML(elem_id="support-record")
+    s_why = gr.HTML(elem_id="support-why-not")
+    s_lookup.click(lookup, [s_user, s_item, s_time], [s_table, s_record])
+    s_whynot.click(why_not, [s_user, s_item, s_k], [s_why])
+
+
+def prompt_lab_view(service: WhyrecService, settings: Settings) -> None:
+    """The Prompt lab's components and handlers, inside the enclosing Blocks."""
+    prompts_dir = settings.prompts_dir or Path(str(builtin_prompt_dir()))
+    current = service.recommender.explainer.template
+
     def run_lab(text: str, shoppers: float, progress=gr.Progress()):
         try:
             parse_template(text, source="the edited template")  # refused before any shopper is ranked
@@ -177,34 +222,15 @@ def build_staff(service: WhyrecService, settings: Settings) -> gr.Blocks:
             raise gr.Error(str(exc))
         return f"Saved **{spec.label}** as `{path}`. The service keeps using {current.label} until restarted (the latest version is used when WHYREC_PROMPT_VERSION is unset)."
 
-    with gr.Blocks(title="whyrec staff") as staff:
-        gr.Markdown("## whyrec staff console")
-        with gr.Tab("Support", elem_id="tab-support"):
-            gr.Markdown("Why did an item appear for a shopper (from the impression log), or why not (computed now)?")
-            with gr.Row():
-                s_user = gr.Textbox(label="Shopper id", elem_id="support-shopper")
-                s_item = gr.Textbox(label="Item id", elem_id="support-item")
-                s_time = gr.Textbox(label="At or before (UTC, optional)", placeholder="2026-11-24 15:30", elem_id="support-time")
-                s_k = gr.Number(value=settings.shop_k, label="Slate size", precision=0, minimum=1, maximum=50, elem_id="support-k")
-            with gr.Row():
-                s_lookup = gr.Button("Look up impressions", variant="primary", elem_id="support-lookup")
-                s_whynot = gr.Button("Why not?", elem_id="support-whynot")
-            s_table = gr.Dataframe(headers=IMPRESSION_COLUMNS, label="Impressions that showed it (newest first)", elem_id="support-impressions", interactive=False)
-            s_record = gr.HTML(elem_id="support-record")
-            s_why = gr.HTML(elem_id="support-why-not")
-            s_lookup.click(lookup, [s_user, s_item, s_time], [s_table, s_record])
-            s_whynot.click(why_not, [s_user, s_item, s_k], [s_why])
-        with gr.Tab("Prompt lab", elem_id="tab-lab"):
-            gr.Markdown(f"Edit the template, run it next to the current one (**{current.label}**) on the same sample of shoppers, then save it as the next version in `{prompts_dir}`.")
-            l_text = gr.Code(Path(current.source).read_text(encoding="utf-8"), language="yaml", label="Template", elem_id="lab-template", interactive=True)
-            with gr.Row():
-                l_n = gr.Slider(1, 20, value=4, step=1, label="Sample shoppers", elem_id="lab-sample")
-                l_run = gr.Button("Run side by side", variant="primary", elem_id="lab-run")
-                l_save = gr.Button("Save as new version", elem_id="lab-save")
-            l_metrics = gr.Dataframe(headers=METRIC_COLUMNS, label="Metrics", elem_id="lab-metrics", interactive=False)
-            l_samples = gr.Dataframe(headers=["shopper", "item", "current", "edited"], label="Side by side", elem_id="lab-samples", interactive=False, wrap=True, column_widths=["8%", "24%", "34%", "34%"])
-            l_diff = gr.Code(label="Diff against the current template", elem_id="lab-diff", interactive=False)
-            l_status = gr.Markdown(elem_id="lab-status")
-            l_run.click(run_lab, [l_text, l_n], [l_metrics, l_samples, l_diff])
-            l_save.click(save, [l_text], [l_status])
-    return staff
+    gr.Markdown(f"Edit the template, run it next to the current one (**{current.label}**) on the same sample of shoppers, then save it as the next version in `{prompts_dir}`.")
+    l_text = gr.Code(Path(current.source).read_text(encoding="utf-8"), language="yaml", label="Template", elem_id="lab-template", interactive=True)
+    with gr.Row():
+        l_n = gr.Slider(1, 20, value=4, step=1, label="Sample shoppers", elem_id="lab-sample")
+        l_run = gr.Button("Run side by side", variant="primary", elem_id="lab-run")
+        l_save = gr.Button("Save as new version", elem_id="lab-save")
+    l_metrics = gr.Dataframe(headers=METRIC_COLUMNS, label="Metrics", elem_id="lab-metrics", interactive=False)
+    l_samples = gr.Dataframe(headers=["shopper", "item", "current", "edited"], label="Side by side", elem_id="lab-samples", interactive=False, wrap=True, column_widths=["8%", "24%", "34%", "34%"])
+    l_diff = gr.Code(label="Diff against the current template", elem_id="lab-diff", interactive=False)
+    l_status = gr.Markdown(elem_id="lab-status")
+    l_run.click(run_lab, [l_text, l_n], [l_metrics, l_samples, l_diff])
+    l_save.click(save, [l_text], [l_status])

@@ -17,10 +17,13 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from whyrec import prompt_lab
+from whyrec.accounts import Role, StaffAccount, authenticate, load_accounts
 from whyrec.catalog import EventKind
 from whyrec.config import Settings
 from whyrec.errors import UnknownItem, UnknownShopper, WhyrecError
-from whyrec.passwords import verify_password
+from whyrec.explainer.templates import available_templates, parse_template
+from whyrec.ratelimit import RateLimiter, retry_after_header
 from whyrec.schema import RecommendedItem, WhyNot
 from whyrec.service import ItemExplained, SlateLogged, SlateRanked, WhyrecService
 from whyrec.store import AttemptRecord, AttributionRecord, EventRecord, FactRecord, FeedbackKind, FeedbackRecord, ImpressionRecord, UnknownImpression
@@ -188,31 +191,57 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-_basic = HTTPBasic(auto_error=False, description="Staff login (WHYREC_STAFF_USER / WHYREC_STAFF_PASSWORD_HASH)")
+_basic = HTTPBasic(auto_error=False, description="Staff login: an account of WHYREC_STAFF_ACCOUNTS, or WHYREC_STAFF_USER / WHYREC_STAFF_PASSWORD_HASH")
 
 
-def require_staff(
-    settings: Annotated[Settings, Depends(get_settings)], credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
-) -> str:
-    """The logged-in staff member's name; 401 otherwise."""
-    if settings.staff_password_hash is None:
-        detail = "staff login is not configured on this server (set WHYREC_STAFF_PASSWORD_HASH; `whyrec hash-password` makes one)"
-    elif credentials is None:
-        detail = "this endpoint is for support staff: log in with HTTP Basic credentials"
-    elif credentials.username == settings.staff_user and verify_password(credentials.password, settings.staff_password_hash):
-        return credentials.username
-    else:
-        detail = "wrong staff user name or password"
-    raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": 'Basic realm="whyrec staff"'})
+def require_role(role: Role):
+    """A dependency: the logged-in staff account when it has `role`; 401 without a valid login, 403 without the role."""
+
+    def staff_with_role(request: Request, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> StaffAccount:
+        accounts: dict[str, StaffAccount] = request.app.state.accounts
+        if not accounts:
+            detail = "staff login is not configured on this server (set WHYREC_STAFF_ACCOUNTS or WHYREC_STAFF_PASSWORD_HASH; `whyrec hash-password` makes a hash)"
+        elif credentials is None:
+            detail = f"this endpoint is for staff with the '{role.value}' role: log in with HTTP Basic credentials"
+        elif (account := authenticate(accounts, credentials.username, credentials.password)) is None:
+            detail = "wrong staff user name or password"
+        elif role not in account.roles:
+            have = ", ".join(sorted(r.value for r in account.roles))
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"staff account '{account.name}' lacks the '{role.value}' role this endpoint needs (it has: {have})")
+        else:
+            return account
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": 'Basic realm="whyrec staff"'})
+
+    return staff_with_role
+
+
+def rate_limited(request: Request) -> None:
+    """Per client address, on the public shopper endpoints: 429 with Retry-After beyond the configured rate."""
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is None:
+        return
+    client = request.client.host if request.client else "unknown"
+    wait = limiter.acquire(client)
+    if wait > 0:
+        settings: Settings = request.app.state.settings
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"too many requests from {client}: at most {settings.rate_limit_per_minute} a minute (bursts of {settings.rate_limit_burst}); retry in {retry_after_header(wait)} s",
+            headers={"Retry-After": retry_after_header(wait)},
+        )
 
 
 Service = Annotated[WhyrecService, Depends(get_service)]
-Staff = Annotated[str, Depends(require_staff)]
+SupportStaff = Annotated[StaffAccount, Depends(require_role(Role.SUPPORT))]
+PromptEngineer = Annotated[StaffAccount, Depends(require_role(Role.PROMPT_ENGINEER))]
+RateLimited = [Depends(rate_limited)]
 UserId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_CONTROL, description="shopper id")]
 ItemId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_CONTROL, description="item id")]
 Words = Annotated[str, Query(max_length=500, pattern=NO_CONTROL, description="the shopper's words, e.g. 'something for my desk'")]
 K = Annotated[int, Query(ge=1, le=MAX_K, description="slate size")]
 _ERRORS = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+_PUBLIC = {**_ERRORS, 429: {"model": ErrorOut, "description": "rate limit for this client address reached (see Retry-After)"}}
+_STAFF = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}}
 
 
 # ---- routes ----
@@ -220,7 +249,7 @@ _ERRORS = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
 router = APIRouter(prefix="/api", responses={413: {"model": ErrorOut}, 422: {"model": ErrorOut}})  # every 422 is one readable line (see _invalid_request)
 
 
-@router.get("/shoppers/{user_id}/recommendations", response_model=SlateOut, responses=_ERRORS, tags=["shopper"])
+@router.get("/shoppers/{user_id}/recommendations", response_model=SlateOut, responses=_PUBLIC, tags=["shopper"], dependencies=RateLimited)
 def recommendations(user_id: UserId, service: Service, k: K = 10, q: Words = "") -> SlateOut:
     """The top k items for the shopper, each with its checked explanation; logged as an impression."""
     served = service.recommend(user_id, k, q)
@@ -235,7 +264,7 @@ def recommendations(user_id: UserId, service: Service, k: K = 10, q: Words = "")
     )
 
 
-@router.get("/shoppers/{user_id}/recommendations/stream", responses={200: {"content": {"application/x-ndjson": {}}}, **_ERRORS}, tags=["shopper"])
+@router.get("/shoppers/{user_id}/recommendations/stream", responses={200: {"content": {"application/x-ndjson": {}}}, **_PUBLIC}, tags=["shopper"], dependencies=RateLimited)
 def recommendations_stream(user_id: UserId, service: Service, k: K = 10, q: Words = "") -> StreamingResponse:
     """The same slate as NDJSON lines as it is made: `{"event": "slate", ...}` with the ranked items,
     one `{"event": "explanation", ...}` per item as soon as it is ready, then `{"event": "done", "impression_id": ...}`."""
@@ -262,7 +291,7 @@ def _chain(first, rest):
     yield from rest
 
 
-@router.get("/shoppers/{user_id}/items/{item_id}/explanation", response_model=ExplanationResponse, responses=_ERRORS, tags=["shopper"])
+@router.get("/shoppers/{user_id}/items/{item_id}/explanation", response_model=ExplanationResponse, responses=_PUBLIC, tags=["shopper"], dependencies=RateLimited)
 def explanation(user_id: UserId, item_id: ItemId, service: Service, k: K = 10) -> ExplanationResponse:
     """Why this item is here, for any item: its explanation, and "why not?" when it is outside the
     top k (its rank, its score gap to the last shown item, what would change it). Logged."""
@@ -275,23 +304,23 @@ def explanation(user_id: UserId, item_id: ItemId, service: Service, k: K = 10) -
     )
 
 
-@router.post("/shoppers/{user_id}/events", response_model=EventRecord, status_code=201, responses=_ERRORS, tags=["shopper"])
+@router.post("/shoppers/{user_id}/events", response_model=EventRecord, status_code=201, responses=_PUBLIC, tags=["shopper"], dependencies=RateLimited)
 def post_event(user_id: UserId, body: EventIn, service: Service) -> EventRecord:
     """A view, click, cart or purchase: part of the shopper's history from the next request on."""
     return service.record_event(user_id, body.item_id, body.kind)
 
 
-@router.post("/shoppers/{user_id}/feedback", response_model=FeedbackRecord, status_code=201, responses=_ERRORS, tags=["shopper"])
+@router.post("/shoppers/{user_id}/feedback", response_model=FeedbackRecord, status_code=201, responses=_PUBLIC, tags=["shopper"], dependencies=RateLimited)
 def post_feedback(user_id: UserId, body: FeedbackIn, service: Service) -> FeedbackRecord:
     """helpful / not_helpful on a shown explanation; not_interested in an item (never shown again);
     exclude_purchase (that history item no longer drives or is cited in recommendations)."""
     return service.record_feedback(user_id, body.kind, body.item_id, body.impression_id)
 
 
-@router.get("/impressions", response_model=list[ImpressionRecord], responses={401: {"model": ErrorOut}}, tags=["support"])
+@router.get("/impressions", response_model=list[ImpressionRecord], responses=_STAFF, tags=["support"])
 def impressions(
     service: Service,
-    _staff: Staff,
+    _staff: SupportStaff,
     user_id: Annotated[str | None, Query(max_length=200, pattern=NO_CONTROL)] = None,
     item_id: Annotated[str | None, Query(max_length=200, pattern=NO_CONTROL)] = None,
     since: IsoTime | None = None,
@@ -302,16 +331,70 @@ def impressions(
     return service.impressions(user_id, item_id, since, until, limit)
 
 
-@router.get("/impressions/{impression_id}", response_model=ImpressionRecord, responses={401: {"model": ErrorOut}, 404: {"model": ErrorOut}}, tags=["support"])
-def impression(impression_id: Annotated[str, Path(max_length=64, pattern=NO_CONTROL)], service: Service, _staff: Staff) -> ImpressionRecord:
+@router.get("/impressions/{impression_id}", response_model=ImpressionRecord, responses={**_STAFF, 404: {"model": ErrorOut}}, tags=["support"])
+def impression(impression_id: Annotated[str, Path(max_length=64, pattern=NO_CONTROL)], service: Service, _staff: SupportStaff) -> ImpressionRecord:
     """One served slate exactly as recorded: texts, fact tables, prompts, prompt version, model, verdicts."""
     return service.impression(impression_id)
 
 
-@router.get("/shoppers/{user_id}/items/{item_id}/why-not", response_model=WhyNotOut, responses={401: {"model": ErrorOut}, **_ERRORS}, tags=["support"])
-def why_not(user_id: UserId, item_id: ItemId, service: Service, _staff: Staff, k: K = 10) -> WhyNotOut:
+@router.get("/shoppers/{user_id}/items/{item_id}/why-not", response_model=WhyNotOut, responses={**_STAFF, **_ERRORS}, tags=["support"])
+def why_not(user_id: UserId, item_id: ItemId, service: Service, _staff: SupportStaff, k: K = 10) -> WhyNotOut:
     """The ranker's view only (staff): rank, score gap, counterfactuals; nothing generated or logged."""
     return why_not_out(service.why_not(user_id, item_id, k))
+
+
+class TemplateOut(BaseModel):
+    name: str
+    versions: list[int]
+    in_use: str | None = Field(description="the version label the service explains with, when it is this template")
+
+
+class CompareIn(BaseModel):
+    template: str = Field(min_length=1, max_length=20_000, description="the edited template (YAML, as in prompts/)")
+    shoppers: int = Field(3, ge=1, le=20, description="seeded sample of shoppers whose top item both templates explain")
+
+
+class TemplateRunOut(BaseModel):
+    label: str
+    grounded_rate: float
+    fallback_rate: float
+    usr: float
+    mean_words: float
+    seconds_per_item: float
+    texts: list[str]
+
+
+class CompareOut(BaseModel):
+    item_ids: list[str]
+    current: TemplateRunOut
+    candidate: TemplateRunOut
+    diff: str
+
+
+def _run_out(run: prompt_lab.TemplateRun) -> TemplateRunOut:
+    m = run.metrics()
+    return TemplateRunOut(
+        label=run.label, grounded_rate=m.grounded_rate, fallback_rate=m.fallback_rate, usr=m.usr, mean_words=m.mean_words,
+        seconds_per_item=m.seconds_per_item, texts=[e.text for e in run.explanations],
+    )
+
+
+@router.get("/prompts", response_model=list[TemplateOut], responses=_STAFF, tags=["prompt lab"])
+def prompts(service: Service, settings: Annotated[Settings, Depends(get_settings)], _staff: PromptEngineer) -> list[TemplateOut]:
+    """Prompt templates and their versions (prompt engineers only)."""
+    in_use = service.recommender.explainer.template
+    found = available_templates([settings.prompts_dir] if settings.prompts_dir else [])
+    return [TemplateOut(name=n, versions=sorted(v), in_use=in_use.label if n == in_use.name else None) for n, v in sorted(found.items())]
+
+
+@router.post("/prompts/compare", response_model=CompareOut, responses={**_STAFF, 422: {"model": ErrorOut}}, tags=["prompt lab"])
+def compare_prompts(body: CompareIn, service: Service, _staff: PromptEngineer) -> CompareOut:
+    """Run an edited template and the current one on the same shoppers' fact tables (the Prompt lab's
+    comparison): metrics, shown texts and the diff. Nothing is saved."""
+    parse_template(body.template, source="the edited template")  # malformed: 422 before any shopper is ranked
+    tables, titles = prompt_lab.sample_tables(service.recommender, body.shoppers)
+    result = prompt_lab.compare(service.recommender, body.template, tables, titles)
+    return CompareOut(item_ids=[t.item_id for t in tables], current=_run_out(result.current), candidate=_run_out(result.candidate), diff=result.diff)
 
 
 @router.get("/health", response_model=HealthOut, tags=["operations"])
@@ -342,11 +425,13 @@ _STATUS = {UnknownShopper: 404, UnknownItem: 404, UnknownImpression: 404}
 def create_app(service: WhyrecService, settings: Settings) -> FastAPI:
     app = FastAPI(
         title="whyrec",
-        description="Recommendations whose product is the explanation. Shopper endpoints are public; support endpoints need the staff login.",
+        description="Recommendations whose product is the explanation. Shopper endpoints are public (rate limited per client); support endpoints need a staff login with the support role, prompt lab endpoints one with the prompt_engineer role.",
         version="0.1.0",
     )
     app.state.service = service
     app.state.settings = settings
+    app.state.accounts = load_accounts(settings)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst) if settings.rate_limit_per_minute else None
     app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_request)

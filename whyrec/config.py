@@ -56,14 +56,26 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16_384, ge=1024, description="Largest request body the API reads; larger ones get 413.")
     max_events_per_shopper: int = Field(1_000, ge=1, description="Events one shopper may post to the API; more get 422 (the store read per request stays bounded).")
 
+    # Security (issue 6): staff roles and per-client rate limiting of the public shopper endpoints.
+    staff_accounts: Path | None = Field(None, description="File of staff accounts, one 'user:role[,role]:password-hash' a line (roles: support, prompt_engineer); the WHYREC_STAFF_USER account, when its hash is set, has both roles.")
+    rate_limit_per_minute: int = Field(600, ge=0, description="Requests per minute each client address may make to the shopper endpoints; 0 = no limit.")
+    rate_limit_burst: int = Field(100, ge=1, description="Requests a client may make at once before the per-minute rate applies.")
+
+    # Scale (docs/scaling.md): each heavy part on its own device; vLLM over several GPUs.
+    ranker_device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="Device of the cross-encoder ranker; unset = device.")
+    index_device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="Device of the FAISS search (GPU needs a faiss GPU build; flat and IVF only); unset = device.")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="GPUs `whyrec llm serve` splits the model over (vLLM --tensor-parallel-size).")
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{Path.home() / '.local' / 'share' / 'whyrec' / 'whyrec.sqlite3'}"
 
-    def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
+    def resolved_device(self, choice: str | None = None) -> str:
+        """`choice` (a part's own device setting) when set, else `device`; "auto" = cuda when torch sees one."""
+        choice = choice or self.device
+        if choice != "auto":
+            return choice
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -97,7 +97,7 @@ def embedding_retriever(settings: Settings, catalog: Catalog, encoder=None, log:
     if encoder is None and not cache_file.exists():
         encoder = load_encoder(encoder_path, settings.resolved_device())
     vectors = embed_items(encoder, [catalog.items[i] for i in item_ids], cache_file)
-    index = ItemIndex(item_ids, vectors, kind=settings.index_kind, device=settings.resolved_device())
+    index = ItemIndex(item_ids, vectors, kind=settings.index_kind, device=settings.resolved_device(settings.index_device))
     return EmbeddingRetriever(index, history_window=settings.history_window)
 
 
@@ -155,7 +155,7 @@ def train(
     log("4/4 cross-encoder ranker")
     ranker = CrossEncoderRanker.from_base(
         models.encoder_path(settings),
-        settings.resolved_device(),
+        settings.resolved_device(settings.ranker_device),
         history_window=settings.history_window,
         feature_names=FusedRetriever.feature_names,
         feature_weights=(weights.vector() * FEATURE_SCALE).tolist(),
@@ -194,7 +194,7 @@ def load_models(settings: Settings, catalog: Catalog, log: Log = stderr_log) -> 
             raise ConfigError(f"no trained models for this data at {models_folder(settings, catalog)}; run `whyrec train --data {data_folder(settings)}`")
         log(f"no trained models for {catalog.name} yet: training them now (same as `whyrec train`)...")
         train(settings, catalog, embedding, log=log)
-    return build_retriever(settings, catalog, embedding), CrossEncoderRanker.load(ranker_folder(settings, catalog), settings.resolved_device())
+    return build_retriever(settings, catalog, embedding), CrossEncoderRanker.load(ranker_folder(settings, catalog), settings.resolved_device(settings.ranker_device))
 
 
 @dataclass

@@ -195,6 +195,7 @@ class Store:
         self.engine = _engine(url)
         _Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False)
 
     def ping(self) -> None:
         with self.engine.connect() as connection:
@@ -218,7 +219,7 @@ class Store:
         row = _Impression(id=uuid.uuid4().hex, served_at=served_at or _now(), user_id=user_id, kind=kind, history=list(history))
         for position, (entry, prompt) in enumerate(zip(items, prompts), start=1):
             row.items.append(_item_row(position, entry, prompt, feature_names))
-        with self._session.begin() as session:
+        with self._write.begin() as session:
             session.add(row)
         return _impression_record(row)
 
@@ -293,7 +294,7 @@ class Store:
     def add_event(self, user_id: str, item_id: str, kind: EventKind, at: datetime | None = None) -> EventRecord:
         """`at` backdates an event imported from elsewhere; default now."""
         row = _Event(created_at=_utc(at) if at else _now(), user_id=user_id, item_id=item_id, kind=kind.value)
-        with self._session.begin() as session:
+        with self._write.begin() as session:
             session.add(row)
         return EventRecord(event_id=row.id, created_at=_utc(row.created_at), user_id=user_id, item_id=item_id, kind=kind)
 
@@ -303,7 +304,7 @@ class Store:
 
     def add_feedback(self, user_id: str, kind: FeedbackKind, item_id: str | None = None, impression_id: str | None = None) -> FeedbackRecord:
         row = _Feedback(created_at=_now(), user_id=user_id, kind=kind.value, item_id=item_id, impression_id=impression_id)
-        with self._session.begin() as session:
+        with self._write.begin() as session:
             if impression_id is not None and session.get(_Impression, impression_id) is None:
                 raise UnknownImpression(impression_id)
             session.add(row)
@@ -331,6 +332,9 @@ class Store:
         )
 
 
+_WRITE = "whyrec_write"  # execution option of the write sessions' connections
+
+
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -340,11 +344,19 @@ def _engine(url: str) -> Engine:
         # off by default in SQLite.
         @event.listens_for(engine, "connect")
         def _pragmas(connection: Any, _record: Any) -> None:
+            connection.isolation_level = None  # the driver issues no BEGIN of its own: _begin does
             cursor = connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+
+        # A write transaction takes the write lock when it begins, waiting for it up to the busy
+        # timeout. A deferred one that read first (feedback checks its impression) cannot take it
+        # once another process or thread has committed since, and fails at once: "database is locked".
+        @event.listens_for(engine, "begin")
+        def _begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.get_execution_options().get(_WRITE) else "BEGIN")
 
     return engine
 
