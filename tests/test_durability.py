@@ -95,7 +95,7 @@ def postgres_url():
     """A real PostgreSQL server of its own, on 127.0.0.1 (the database several API replicas share)."""
     initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
     if not (initdb and pg_ctl):
-        _missing("PostgreSQL server binaries (initdb, pg_ctl) are not installed (scripts/setup-postgres.sh)")
+        _missing("PostgreSQL server binaries (initdb, pg_ctl) are not installed (scripts/setup-system.sh)")
     try:
         import psycopg  # noqa: F401
     except ImportError:
