@@ -108,6 +108,20 @@ class ExplanationSource(str, Enum):
     TEMPLATE = "template"
 
 
+class FallbackReason(str, Enum):
+    """Why the template sentence was shown instead of the generator's text."""
+
+    LLM_UNAVAILABLE = "llm_unavailable"  # connection refused, HTTP error, client timeout
+    LLM_DEADLINE_EXCEEDED = "llm_deadline_exceeded"  # no checked answer within WHYREC_EXPLAIN_DEADLINE_S
+    LLM_OUTPUT_UNPARSEABLE = "llm_output_unparseable"  # a response that is not a chat answer, or no sentence in it
+    UNGROUNDED = "ungrounded"  # answers came back but failed the grounding check
+
+    @property
+    def transient(self) -> bool:
+        """A fault of the moment (the server), not of the answer: not worth caching."""
+        return self in (FallbackReason.LLM_UNAVAILABLE, FallbackReason.LLM_DEADLINE_EXCEEDED)
+
+
 @dataclass(frozen=True)
 class Explanation:
     text: str
@@ -119,6 +133,7 @@ class Explanation:
     prompt_version: str = ""
     model: str = ""
     attempts: tuple["Attempt", ...] = ()  # every LLM answer and its verdict, shown or not
+    fallback: FallbackReason | None = None  # set when source is TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -153,6 +168,7 @@ class RecommendedItem:
                 "prompt_version": self.explanation.prompt_version,
                 "model": self.explanation.model,
                 "attempts": [asdict(a) for a in self.explanation.attempts],
+                "fallback": self.explanation.fallback.value if self.explanation.fallback else None,
             },
         }
 
