@@ -135,7 +135,7 @@ class WhyrecService:
                 shown = self.store.impression(impression_id)
             except DatabaseUnavailable:
                 shown = None  # accepted and queued; the store checks the impression when it writes it
-            if shown is not None and shown.user_id != user_id or item_id not in {i.item_id for i in shown.items}:
+            if shown is not None and (shown.user_id != user_id or item_id not in {i.item_id for i in shown.items}):
                 raise InvalidFeedback(f"impression '{impression_id}' did not show item '{item_id}' to shopper '{user_id}'")
         record = self.store.add_feedback(user_id, kind, item_id, impression_id)
         self.metrics.feedback.labels(kind.value).inc()
