@@ -33,12 +33,16 @@ class Explainer:
         model_name: str,
         concurrency: int = 8,
         cache: ExplanationCache | None = None,
+        max_late: int = 2,
+        late: "_LateRuns | None" = None,
     ):
         self.chat_model = chat_model
         self.template = template
         self.model_name = model_name
         self.concurrency = concurrency
         self.cache = cache if cache is not None else ExplanationCache()
+        # Batches still generating after their caller's deadline; shared with this explainer's copies.
+        self.late = late if late is not None else _LateRuns(max_late)
         self.parser = ExplanationParser()
         prompt = template.chat_prompt()
         self.chain = prompt | chat_model | StrOutputParser()
@@ -50,7 +54,7 @@ class Explainer:
     def with_template(self, template: PromptTemplateSpec) -> "Explainer":
         """The same generator and cache with another template (say, the support-agent wording);
         the template version is part of the cache key, so the two never mix."""
-        return Explainer(self.chat_model, template, self.model_name, self.concurrency, self.cache)
+        return Explainer(self.chat_model, template, self.model_name, self.concurrency, self.cache, late=self.late)
 
     def variables(self, table: FactTable) -> dict[str, str]:
         return prompt_variables(self.template, table)
@@ -62,7 +66,9 @@ class Explainer:
     def explain(self, tables: list[FactTable], deadline_s: float | None = None) -> list[Explanation]:
         """Checked explanations, in order. With `deadline_s`, the call returns by then: an item
         without a checked answer gets the template sentence (fallback: llm_deadline_exceeded) and
-        generation goes on in the background, so a late answer still lands in the cache."""
+        generation goes on in the background, so a late answer still lands in the cache. While
+        `max_late` such batches are still running, the generator is not asked at all (a server
+        that is already late is not handed more work): every item gets the template at once."""
         keys = [cache_key(t, self.template.label, self.model_name) for t in tables]
         cached = {i: hit for i, key in enumerate(keys) if (hit := self.cache.get(key)) is not None}
         todo = [i for i in range(len(tables)) if i not in cached]
@@ -86,13 +92,18 @@ class Explainer:
         if deadline_s is None:
             self._run(tables, run)
             return self._explanations(tables, run)
-        if deadline_s > 0:
-            worker = threading.Thread(target=self._run_then_cache_if_late, args=(tables, run, keys or []), daemon=True)
-            worker.start()
-            worker.join(deadline_s)
+        if self.late.full():
+            return self._explanations(tables, run, late=f"not asked: {self.late.count} earlier generations are still running past their deadline")
+        if deadline_s <= 0:
+            return self._explanations(tables, run, late="the deadline passed before generation started")
+        worker = threading.Thread(target=self._run_in_background, args=(tables, run, keys or []), daemon=True)
+        worker.start()
+        worker.join(deadline_s)
         with run.lock:
-            run.expired = deadline_s <= 0 or worker.is_alive()
-            return self._explanations(tables, run, late_after_s=deadline_s if run.expired else None)
+            run.expired = not run.finished
+            if run.expired:
+                self.late.add(1)
+            return self._explanations(tables, run, late=f"no checked answer within {deadline_s:.3g} s" if run.expired else None)
 
     def _run(self, tables: list[FactTable], run: "_Run") -> None:
         """Generate, check, retry the failures once; every outcome is recorded in `run` as it comes."""
@@ -124,17 +135,21 @@ class Explainer:
                 run.record(i, *self.judge(raw, tables[i]))
                 run.settled.add(i)
 
-    def _run_then_cache_if_late(self, tables: list[FactTable], run: "_Run", keys: list[str]) -> None:
-        self._run(tables, run)
-        with run.lock:
-            if not run.expired:
-                return
-            late = self._explanations(tables, run)
+    def _run_in_background(self, tables: list[FactTable], run: "_Run", keys: list[str]) -> None:
+        try:
+            self._run(tables, run)
+        finally:
+            with run.lock:
+                run.finished = True
+                late = self._explanations(tables, run) if run.expired else []
+            if run.expired:
+                self.late.add(-1)
         for key, explanation in zip(keys, late):
             if explanation.source is ExplanationSource.LLM:
                 self.cache.put(key, explanation)
 
-    def _explanations(self, tables: list[FactTable], run: "_Run", late_after_s: float | None = None) -> list[Explanation]:
+    def _explanations(self, tables: list[FactTable], run: "_Run", late: str | None = None) -> list[Explanation]:
+        """`late`: why the caller stops waiting (items without a settled answer then fall back for it)."""
         explanations = []
         for i, table in enumerate(tables):
             attempts = list(run.attempts[i])
@@ -147,8 +162,8 @@ class Explainer:
                 )
                 continue
             fallback = run.fallbacks.get(i, FallbackReason.LLM_UNAVAILABLE)
-            if late_after_s is not None and i not in run.settled:
-                attempts.append(Attempt("", "", False, f"{_PHRASES[FallbackReason.LLM_DEADLINE_EXCEEDED]}: no checked answer within {late_after_s:.3g} s"))
+            if late is not None and i not in run.settled:
+                attempts.append(Attempt("", "", False, f"{_PHRASES[FallbackReason.LLM_DEADLINE_EXCEEDED]}: {late}"))
                 fallback = FallbackReason.LLM_DEADLINE_EXCEEDED
             elif not attempts:
                 attempts.append(Attempt("", "", False, f"{_PHRASES[FallbackReason.LLM_UNAVAILABLE]}: the generator gave no answer"))
@@ -201,6 +216,7 @@ class _Run:
         self.fallbacks: dict[int, FallbackReason] = {}
         self.settled: set[int] = set()  # no attempt pending
         self.expired = False  # the caller stopped waiting
+        self.finished = False  # the generating thread is done
 
     def record(self, i: int, answer: ParsedAnswer | None, attempt: Attempt, fallback: FallbackReason | None) -> None:
         self.attempts[i].append(attempt)
@@ -209,6 +225,22 @@ class _Run:
             self.fallbacks.pop(i, None)
         else:
             self.fallbacks[i] = fallback
+
+
+class _LateRuns:
+    """How many batches are still generating after their caller's deadline."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.count += n
+
+    def full(self) -> bool:
+        return self.count >= self.limit
 
 
 def prompt_variables(template: PromptTemplateSpec, table: FactTable) -> dict[str, str]:

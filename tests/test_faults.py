@@ -32,6 +32,7 @@ class FakeLLM:
     def __init__(self):
         self.mode = "slow"
         self.delay_s = 30.0
+        self.requests = 0
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -40,6 +41,7 @@ class FakeLLM:
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                fake.requests += 1
                 if fake.mode == "slow":
                     time.sleep(fake.delay_s)
                     body, kind = _completion("Because you bought it."), "application/json"
@@ -132,6 +134,35 @@ def test_a_slow_llm_server_gets_template_explanations_within_the_deadline_and_co
         # Ranking takes a second or two here; the server would have taken 60 s.
         assert took < 30, f"the slate took {took:.1f}s"
         assert _metric(client, "whyrec_explanation_fallbacks_total", reason="llm_deadline_exceeded") == 3
+
+
+def test_a_server_still_late_is_not_asked_again_until_it_catches_up(fake_llm, slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path):
+    from whyrec.store import Store
+
+    fake_llm.mode, fake_llm.delay_s = "slow", 6.0
+    settings = _settings(slice_settings, tmp_path, llm_url=fake_llm.url, llm_model="fake", explain_deadline_s=3.0, llm_max_late=1)
+    user = slice_catalog.users[24]
+    with _client(settings, slice_catalog, slice_retriever, slice_ranker, Store(settings.database_url)) as client:
+        late = client.app.state.service.recommender.explainer.late
+        asked_before = fake_llm.requests
+        first = client.get(f"/api/shoppers/{user}/recommendations", params={"k": 2})
+        assert [i["explanation"]["fallback"] for i in first.json()["items"]] == ["llm_deadline_exceeded"] * 2
+        asked = fake_llm.requests
+        assert asked > asked_before and late.count == 1
+
+        second = client.get(f"/api/shoppers/{user}/recommendations", params={"k": 2})
+        assert second.status_code == 200 and fake_llm.requests == asked, "the late server was asked again"
+        for item in second.json()["items"]:
+            assert item["explanation"]["fallback"] == "llm_deadline_exceeded"
+            assert "still running past their deadline" in item["explanation"]["attempts"][-1]["reason"]
+
+        fake_llm.mode = "noise"  # the server catches up (and now answers at once)
+        deadline = time.monotonic() + 30
+        while late.count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        third = client.get(f"/api/shoppers/{user}/recommendations", params={"k": 2})
+        assert fake_llm.requests > asked
+        assert all(i["explanation"]["fallback"] == "llm_output_unparseable" for i in third.json()["items"])
 
 
 @pytest.mark.parametrize("mode", ["html", "noise"])

@@ -218,7 +218,7 @@ def build_explainer(settings: Settings, log: Log = stderr_log) -> Explainer:
     generator = None if settings.llm_url else models.generator_path(settings, progress=log)
     chat_model, model_name = make_chat_model(settings, generator)
     cache = ExplanationCache(settings.explanation_cache_size)
-    return Explainer(chat_model, template, model_name, concurrency=settings.llm_concurrency, cache=cache)
+    return Explainer(chat_model, template, model_name, concurrency=settings.llm_concurrency, cache=cache, max_late=settings.llm_max_late)
 
 
 StageTimer = Callable[[str, float], None]
