@@ -10,6 +10,9 @@ The cases must be next items the collaborative retrieval sources never saw (the 
 with the sources fit on the training part): on items they were fit on, their scores are
 overconfident and the ranker would learn to trust them too much. A slice of the cases is held out;
 training stops early when its NDCG@10 stops improving, and only the best epoch's checkpoint is kept.
+The retrieval order itself competes as "epoch 0": on a shop where no trained epoch beats it on the
+held-out cases, the saved ranker scores by the retrieval features alone (its text head zeroed), so
+serving never ranks worse than retrieval on validation, and attributions still come from re-scoring.
 """
 
 from __future__ import annotations
@@ -110,7 +113,9 @@ def train_ranker(
         ],
         lr=config.learning_rate,
     )
-    best, stale = -1.0, 0
+    _save_retrieval_order(ranker, out_dir, {"best_epoch": 0, "val_ndcg10": baseline, **(metadata or {})})
+    report.best_epoch, report.best_val_ndcg10 = 0, baseline
+    best, stale = baseline, 0
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.time()
         sample = rng.sample(groups, min(len(groups), config.max_groups_per_epoch))
@@ -151,8 +156,24 @@ def train_ranker(
                 report.stopped_early = True
                 log(f"no improvement for {stale} epoch(s): stopping early")
                 break
+    if report.best_epoch == 0:
+        log("no epoch beat the retrieval order on validation: the saved ranker keeps the retrieval order")
     report.seconds = time.time() - started
     return report
+
+
+def _save_retrieval_order(ranker: CrossEncoderRanker, out_dir: Path, metadata: dict) -> None:
+    """Save the ranker with its text head zeroed: its score is then the weighted retrieval features,
+    which order candidates as the fused retrieval score does."""
+    head = ranker.model.classifier
+    saved = {name: value.detach().clone() for name, value in head.state_dict().items()}
+    with torch.no_grad():
+        for value in head.parameters():
+            value.zero_()
+    try:
+        ranker.save(out_dir, metadata)
+    finally:
+        head.load_state_dict(saved)
 
 
 def _training_groups(cases: list[Case], source: CandidateSource, pool: int) -> list[_Group]:

@@ -81,3 +81,26 @@ def test_the_store_survives_a_restart(tmp_path):
     url = f"sqlite:///{tmp_path / 'whyrec.sqlite3'}"
     logged = Store(url).log_impression("u1", "slate", ["h1"], [_entry("a", "kept")], [[]], ())
     assert Store(url).impression(logged.impression_id).items[0].text == "kept"
+
+
+def test_shown_slates_pair_each_settled_slate_with_the_shown_items_then_engaged_with(store):
+    now = datetime.now(timezone.utc)
+    store.log_impression("u1", "slate", ["h1"], [_entry("a", "x"), _entry("b", "y"), _entry("c", "z")], [[], [], []], (), served_at=now - timedelta(hours=2))
+    store.log_impression("u1", "slate", ["h1"], [_entry("d", "w")], [[]], (), served_at=now - timedelta(minutes=30))  # still in its window
+    store.log_impression("u1", "explain", ["h1"], [_entry("e", "v")], [[]], (), served_at=now - timedelta(hours=2))  # not a slate
+    store.add_event("u1", "a", EventKind.CLICK)
+    store.add_event("u1", "c", EventKind.PURCHASE)
+    store.add_event("u1", "b", EventKind.VIEW)  # a view is not engagement
+    store.add_event("u1", "z", EventKind.CART)  # not shown
+    store.add_event("u2", "b", EventKind.CLICK)  # another shopper
+    slates = store.shown_slates(window=timedelta(hours=3), now=now + timedelta(hours=1, minutes=30))
+    assert [(s.user_id, s.history, s.shown) for s in slates] == [("u1", ("h1",), ("a", "b", "c"))]
+    assert slates[0].engaged == {"a", "c"}
+
+
+def test_engagement_after_the_window_closed_does_not_count(store):
+    now = datetime.now(timezone.utc)
+    store.log_impression("u1", "slate", ["h1"], [_entry("a", "x"), _entry("b", "y")], [[], []], (), served_at=now - timedelta(hours=5))
+    store.add_event("u1", "a", EventKind.CLICK)
+    slates = store.shown_slates(window=timedelta(hours=1))
+    assert [s.shown for s in slates] == [("a", "b")] and slates[0].engaged == frozenset()

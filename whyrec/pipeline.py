@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import json
 import re
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -20,7 +22,8 @@ from whyrec.explainer import Explainer, PromptTemplateSpec, build_fact_table, lo
 from whyrec.explainer.cache import ExplanationCache
 from whyrec.loaders import load_catalog
 from whyrec.ranker import CrossEncoderRanker, TrainConfig, TrainReport, diversify, train_ranker
-from whyrec.ranker.model import FEATURE_SCALE
+from whyrec.ranker.feedback import FeedbackConfig, FeedbackReport, engaged_above_skipped, train_on_feedback
+from whyrec.ranker.model import CHECKPOINT_META, FEATURE_SCALE
 from whyrec.retrieval import EmbeddingRetriever, ItemIndex, embed_items, load_encoder
 from whyrec.retrieval.cooccurrence import CooccurrenceRetriever
 from whyrec.retrieval.fusion import FusedRetriever, FusionWeights, tune_weights
@@ -34,6 +37,7 @@ from whyrec.schema import (
     RecommendedItem,
     Recommendations,
     ShopperOverlay,
+    ShownSlate,
     WhyNot,
 )
 from whyrec.split import leave_one_out
@@ -200,6 +204,61 @@ def load_models(settings: Settings, catalog: Catalog, log: Log = stderr_log) -> 
         return build_retriever(settings, catalog, embedding), CrossEncoderRanker.load(ranker_folder(settings, catalog), settings.resolved_device())
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("`whyrec train --data DIR`", f"`whyrec train --data {data_folder(settings)}`")) from None
+
+
+@dataclass
+class FeedbackSummary:
+    slates: int  # settled slates read from the impression log
+    unknown_items: int  # slates left out because they name items no longer in the catalog
+    held_out: int  # slates kept aside to measure before/after
+    engaged_above_skipped_before: float  # on the held-out slates
+    engaged_above_skipped_after: float
+    kept: bool  # whether the fine-tuned ranker replaced the serving checkpoint
+    report: FeedbackReport
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_from_feedback(
+    settings: Settings,
+    catalog: Catalog,
+    slates: list[ShownSlate],
+    config: FeedbackConfig = FeedbackConfig(),
+    held_out_every: int = 5,
+    log: Log = stderr_log,
+) -> FeedbackSummary:
+    """Fine-tune the serving ranker on slates from the impression log (engaged vs skipped items).
+
+    Every `held_out_every`-th shopper's slates are held out; the new checkpoint replaces the serving
+    one only if it orders engaged items above skipped ones on them at least as often as the old one
+    did, so feedback can move the ranker but never silently make it worse. Servers pick the new
+    checkpoint up when they restart."""
+    known = [s for s in slates if all(i in catalog.items for i in (*s.history, *s.shown))]
+    if not known:
+        raise WhyrecError(f"no usable slates: {len(slates)} settled slate(s) in the impression log, {len(slates) - len(known)} naming items not in {catalog.name}")
+    held = set(sorted({s.user_id for s in known})[held_out_every - 1 :: held_out_every]) if held_out_every > 0 else set()
+    train_slates, held_out = [s for s in known if s.user_id not in held], [s for s in known if s.user_id in held]
+    retriever, ranker = load_models(settings, catalog, log=log)
+    folder = ranker_folder(settings, catalog)
+    previous = json.loads((folder / CHECKPOINT_META).read_text())
+    before = engaged_above_skipped(ranker, catalog, held_out, retriever)
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            report = train_on_feedback(ranker, catalog, train_slates, retriever, Path(scratch) / "ranker", config, log=log)
+        except ValueError as exc:
+            raise WhyrecError(str(exc)) from None
+    after = engaged_above_skipped(ranker, catalog, held_out, retriever)
+    kept = after >= before
+    if kept:
+        rounds = previous.get("feedback_rounds", 0) + 1
+        own = ("history_window", "max_length", "feature_names", "feature_weights", "feedback_slates", "feedback_groups")
+        ranker.save(folder, {**{k: v for k, v in previous.items() if k not in own}, "feedback_rounds": rounds,
+                             "feedback_slates": report.slates, "feedback_groups": report.groups})
+    report.checkpoint = str(folder)
+    outcome = "the serving ranker is updated" if kept else "worse, so the serving ranker is left as it was"
+    log(f"engaged above skipped on {len(held_out)} held-out slates: {before:.3f} -> {after:.3f}; {outcome}")
+    return FeedbackSummary(len(slates), len(slates) - len(known), len(held_out), before, after, kept, report)
 
 
 def default_adapter_folder(settings: Settings, template: PromptTemplateSpec) -> Path:

@@ -3,7 +3,8 @@ database URL in production). Every served slate is written whole, in one transac
 agent needs to answer "why did X appear for this shopper last Tuesday?" from the record: ranks,
 scores, the fact table, the exact prompt, the prompt version, the model, the shown text, every raw
 answer and the grounding verdict. Shopper events and feedback are kept here too and read back as the
-overlay the recommender lays over the loaded history."""
+overlay the recommender lays over the loaded history, and read back as shown slates with what the
+shopper engaged with: the ranker's feedback training data."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import uuid
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from whyrec.catalog import EventKind, Interaction
 from whyrec.errors import WhyrecError
-from whyrec.schema import RecommendedItem, ShopperOverlay
+from whyrec.schema import RecommendedItem, ShopperOverlay, ShownSlate
 
 
 class DatabaseUnavailable(WhyrecError):
@@ -320,10 +321,49 @@ class Store:
         with self._reading("impression lookups"), self._session() as session:
             return [_impression_record(row) for row in session.scalars(query)]
 
+    def shown_slates(self, since: datetime | None = None, window: timedelta = timedelta(days=1), now: datetime | None = None) -> list[ShownSlate]:
+        """Served slates (oldest first) whose engagement `window` has closed, each with the shown items
+        the shopper then clicked, carted or bought within the window. A slate still inside its window
+        is left out: its skipped items may yet be engaged with."""
+        settled = (now or _now()) - window
+        query = (
+            select(_Impression)
+            .options(selectinload(_Impression.items))
+            .where(_Impression.kind == "slate", _Impression.served_at <= _as_utc(settled))
+            .order_by(_Impression.served_at)
+        )
+        if since is not None:
+            query = query.where(_Impression.served_at >= _as_utc(since))
+        engaging = [EventKind.CLICK.value, EventKind.CART.value, EventKind.PURCHASE.value]
+        with self._reading("reads of shown slates"), self._session() as session:
+            rows = session.scalars(query).all()
+            if not rows:
+                return []
+            events = session.scalars(
+                select(_Event).where(
+                    _Event.user_id.in_({r.user_id for r in rows}),
+                    _Event.kind.in_(engaging),
+                    _Event.created_at >= _as_utc(_utc(rows[0].served_at)),
+                    _Event.created_at <= _as_utc(_utc(rows[-1].served_at) + window),
+                )
+            ).all()
+        by_user: dict[str, list[tuple[datetime, str]]] = {}
+        for e in events:
+            by_user.setdefault(e.user_id, []).append((_utc(e.created_at), e.item_id))
+        slates = []
+        for row in rows:
+            served_at, shown = _utc(row.served_at), tuple(i.item_id for i in row.items)
+            engaged = frozenset(
+                item for at, item in by_user.get(row.user_id, []) if served_at <= at <= served_at + window and item in shown
+            )
+            slates.append(ShownSlate(row.user_id, tuple(row.history), shown, engaged))
+        return slates
+
     # ---- events and feedback ----
 
-    def add_event(self, user_id: str, item_id: str, kind: EventKind) -> EventRecord:
-        row = _Event(created_at=_now(), user_id=user_id, item_id=item_id, kind=kind.value)
+    def add_event(self, user_id: str, item_id: str, kind: EventKind, at: datetime | None = None) -> EventRecord:
+        """`at` backdates an event imported from elsewhere; default now."""
+        row = _Event(created_at=_utc(at) if at else _now(), user_id=user_id, item_id=item_id, kind=kind.value)
         queued = EventRecord(event_id=None, created_at=row.created_at, user_id=user_id, item_id=item_id, kind=kind, queued=True)
         if self._write("event", queued, lambda: self._add(row)):
             return queued
