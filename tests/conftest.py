@@ -138,6 +138,12 @@ class VllmServer:
             self.process.kill()
             pytest.fail("vLLM did not start:\n" + self.log.read_text()[-3000:])
 
+    def ensure_running(self) -> str:
+        """The server's URL, started again first if a fault test left it stopped."""
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+        return self.url
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

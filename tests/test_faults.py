@@ -180,14 +180,18 @@ def test_an_llm_server_answering_garbage_gets_template_explanations_marked_unpar
             assert all(a["reason"].startswith("llm output unparseable") for a in explanation["attempts"])
         assert _metric(client, "whyrec_explanation_fallbacks_total", reason="llm_output_unparseable") == 2
 
+        fake_llm.mode, fake_llm.delay_s = "slow", 0.0  # the server is fixed: it answers with a sentence at once
+        asked = fake_llm.requests
+        again = client.get(f"/api/shoppers/{slice_catalog.users[21]}/recommendations", params={"k": 2})
+        assert fake_llm.requests > asked, "the garbage was cached instead of asking the server again"
+        assert all(i["explanation"]["attempts"][0]["raw_output"] == "Because you bought it." for i in again.json()["items"])
+
 
 def test_a_stopped_vllm_server_gets_template_explanations_and_its_return_is_picked_up_without_a_restart(vllm_server, slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path):
     from whyrec.config import DEFAULT_GENERATOR
     from whyrec.store import Store
 
-    if vllm_server.process is None or vllm_server.process.poll() is not None:
-        vllm_server.start()
-    settings = _settings(slice_settings, tmp_path, llm_url=vllm_server.url, explain_deadline_s=120.0, max_new_tokens=24)
+    settings = _settings(slice_settings, tmp_path, llm_url=vllm_server.ensure_running(), explain_deadline_s=120.0, max_new_tokens=24)
     user = slice_catalog.users[22]
     with _client(settings, slice_catalog, slice_retriever, slice_ranker, Store(settings.database_url)) as client:
         vllm_server.stop()

@@ -19,9 +19,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def vllm_url(vllm_server):
     """The session's server (tests/conftest.py), running: a fault test may have stopped it."""
-    if vllm_server.process is None or vllm_server.process.poll() is not None:
-        vllm_server.start()
-    return vllm_server.url
+    return vllm_server.ensure_running()
 
 
 def _tables(recommender, user, k):

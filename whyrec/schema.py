@@ -118,8 +118,10 @@ class FallbackReason(str, Enum):
 
     @property
     def transient(self) -> bool:
-        """A fault of the moment (the server), not of the answer: not worth caching."""
-        return self in (FallbackReason.LLM_UNAVAILABLE, FallbackReason.LLM_DEADLINE_EXCEEDED)
+        """A fault of the server, not an answer to these facts: not cached, so that a server that
+        recovers is asked again. Garbage counts (a proxy's error page, a misconfigured model);
+        an ungrounded answer is the model's own, and asking again gives the same."""
+        return self is not FallbackReason.UNGROUNDED
 
 
 @dataclass(frozen=True)
