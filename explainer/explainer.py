@@ -5,6 +5,8 @@ template version, model)."""
 
 from __future__ import annotations
 
+import re
+import threading
 from typing import Iterator
 
 from langchain_core.language_models import BaseChatModel
@@ -16,7 +18,7 @@ from whyrec.explainer.facts import template_sentence
 from whyrec.explainer.grounding import check_grounding, cited_facts
 from whyrec.explainer.parsing import ExplanationParser, ParsedAnswer
 from whyrec.explainer.templates import PromptTemplateSpec
-from whyrec.schema import Attempt, Explanation, ExplanationSource, FactTable
+from whyrec.schema import Attempt, Explanation, ExplanationSource, FactTable, FallbackReason
 
 RETRY_INSTRUCTION = (
     "That note was rejected because it {reason}. Write the note again, using only words and names from the facts."
@@ -31,12 +33,16 @@ class Explainer:
         model_name: str,
         concurrency: int = 8,
         cache: ExplanationCache | None = None,
+        max_late: int = 2,
+        late: "_LateRuns | None" = None,
     ):
         self.chat_model = chat_model
         self.template = template
         self.model_name = model_name
         self.concurrency = concurrency
         self.cache = cache if cache is not None else ExplanationCache()
+        # Batches still generating after their caller's deadline; shared with this explainer's copies.
+        self.late = late if late is not None else _LateRuns(max_late)
         self.parser = ExplanationParser()
         prompt = template.chat_prompt()
         self.chain = prompt | chat_model | StrOutputParser()
@@ -48,7 +54,7 @@ class Explainer:
     def with_template(self, template: PromptTemplateSpec) -> "Explainer":
         """The same generator and cache with another template (say, the support-agent wording);
         the template version is part of the cache key, so the two never mix."""
-        return Explainer(self.chat_model, template, self.model_name, self.concurrency, self.cache)
+        return Explainer(self.chat_model, template, self.model_name, self.concurrency, self.cache, late=self.late)
 
     def variables(self, table: FactTable) -> dict[str, str]:
         return prompt_variables(self.template, table)
@@ -57,13 +63,21 @@ class Explainer:
         """The exact messages the generator receives for this table (for the support console)."""
         return render_prompt(self.template, table)
 
-    def explain(self, tables: list[FactTable]) -> list[Explanation]:
+    def explain(self, tables: list[FactTable], deadline_s: float | None = None) -> list[Explanation]:
+        """Checked explanations, in order. With `deadline_s`, the call returns by then: an item
+        without a checked answer gets the template sentence (fallback: llm_deadline_exceeded) and
+        generation goes on in the background, so a late answer still lands in the cache. While
+        `max_late` such batches are still running, the generator is not asked at all (a server
+        that is already late is not handed more work): every item gets the template at once."""
         keys = [cache_key(t, self.template.label, self.model_name) for t in tables]
         cached = {i: hit for i, key in enumerate(keys) if (hit := self.cache.get(key)) is not None}
         todo = [i for i in range(len(tables)) if i not in cached]
-        fresh = dict(zip(todo, self._generate([tables[i] for i in todo])))
+        fresh = dict(zip(todo, self._generate([tables[i] for i in todo], deadline_s, [keys[i] for i in todo])))
         for i, explanation in fresh.items():
-            self.cache.put(keys[i], explanation)
+            # A template shown because the server was down or late is not the answer for these
+            # facts: caching it would keep serving it after the server is back.
+            if explanation.fallback is None or not explanation.fallback.transient:
+                self.cache.put(keys[i], explanation)
         return [cached[i] if i in cached else fresh[i] for i in range(len(tables))]
 
     def stream(self, table: FactTable) -> Iterator[str]:
@@ -71,54 +85,162 @@ class Explainer:
         support console; a shopper is shown only what `explain` returns, after the check)."""
         yield from self.chain.stream(self.variables(table))
 
-    def _generate(self, tables: list[FactTable]) -> list[Explanation]:
+    def _generate(self, tables: list[FactTable], deadline_s: float | None = None, keys: list[str] | None = None) -> list[Explanation]:
         if not tables:
             return []
+        run = _Run(len(tables))
+        if deadline_s is None:
+            self._run(tables, run)
+            return self._explanations(tables, run)
+        if self.late.full():
+            return self._explanations(tables, run, late=f"not asked: {self.late.count} earlier generations are still running past their deadline")
+        if deadline_s <= 0:
+            return self._explanations(tables, run, late="the deadline passed before generation started")
+        worker = threading.Thread(target=self._run_in_background, args=(tables, run, keys or []), daemon=True)
+        worker.start()
+        worker.join(deadline_s)
+        with run.lock:
+            run.expired = not run.finished
+            if run.expired:
+                self.late.add(1)
+            return self._explanations(tables, run, late=f"no checked answer within {deadline_s:.3g} s" if run.expired else None)
+
+    def _run(self, tables: list[FactTable], run: "_Run") -> None:
+        """Generate, check, retry the failures once; every outcome is recorded in `run` as it comes."""
         config = {"max_concurrency": self.concurrency}
         inputs = [self.variables(t) for t in tables]
-        attempts: list[list[Attempt]] = [[] for _ in tables]
-        accepted: dict[int, ParsedAnswer] = {}
+        try:
+            first = self.chain.batch(inputs, config=config, return_exceptions=True)
+        except Exception as exc:  # noqa: BLE001 - a backend whose batch raises instead of returning the error
+            first = [exc] * len(tables)
         retry: list[int] = []
-        for i, raw in enumerate(self.chain.batch(inputs, config=config, return_exceptions=True)):
-            answer, attempt = self.judge(raw, tables[i])
-            attempts[i].append(attempt)
-            if attempt.passed:
-                accepted[i] = answer
-            elif not isinstance(raw, Exception):
-                retry.append(i)
+        with run.lock:
+            for i, raw in enumerate(first):
+                answer, attempt, fallback = self.judge(raw, tables[i])
+                run.record(i, answer, attempt, fallback)
+                if not attempt.passed and not isinstance(raw, Exception):
+                    retry.append(i)
+            run.settled.update(i for i in range(len(tables)) if i not in retry)
+            if run.expired:
+                return  # nobody waits for the retry; leave the generator to live requests
+        if not retry:
+            return
+        retry_inputs = [{**inputs[i], "previous": run.attempts[i][0].text or run.attempts[i][0].raw_output, "reason": _reason_phrase(run.attempts[i][0].reason)} for i in retry]
+        try:
+            second = self.retry_chain.batch(retry_inputs, config=config, return_exceptions=True)
+        except Exception as exc:  # noqa: BLE001 - as above
+            second = [exc] * len(retry)
+        with run.lock:
+            for i, raw in zip(retry, second):
+                run.record(i, *self.judge(raw, tables[i]))
+                run.settled.add(i)
 
-        if retry:
-            retry_inputs = [{**inputs[i], "previous": attempts[i][0].text or attempts[i][0].raw_output, "reason": _reason_phrase(attempts[i][0].reason)} for i in retry]
-            for i, raw in zip(retry, self.retry_chain.batch(retry_inputs, config=config, return_exceptions=True)):
-                answer, attempt = self.judge(raw, tables[i])
-                attempts[i].append(attempt)
-                if attempt.passed:
-                    accepted[i] = answer
+    def _run_in_background(self, tables: list[FactTable], run: "_Run", keys: list[str]) -> None:
+        try:
+            self._run(tables, run)
+        finally:
+            with run.lock:
+                run.finished = True
+                late = self._explanations(tables, run) if run.expired else []
+            if run.expired:
+                self.late.add(-1)
+        for key, explanation in zip(keys, late):
+            if explanation.source is ExplanationSource.LLM:
+                self.cache.put(key, explanation)
 
+    def _explanations(self, tables: list[FactTable], run: "_Run", late: str | None = None) -> list[Explanation]:
+        """`late`: why the caller stops waiting (items without a settled answer then fall back for it)."""
         explanations = []
         for i, table in enumerate(tables):
-            if i in accepted:
-                answer = accepted[i]
+            attempts = list(run.attempts[i])
+            if i in run.accepted:
+                answer = run.accepted[i]
                 by_id = table.by_id()
                 ids = [f for f in answer.fact_ids if f in by_id] or cited_facts(answer.text, table)
                 explanations.append(
-                    Explanation(answer.text, ExplanationSource.LLM, True, tuple(by_id[f] for f in ids), self.template.label, self.model_name, tuple(attempts[i]))
+                    Explanation(answer.text, ExplanationSource.LLM, True, tuple(by_id[f] for f in ids), self.template.label, self.model_name, tuple(attempts))
                 )
-            else:
-                text, facts = template_sentence(table)
-                explanations.append(
-                    Explanation(text, ExplanationSource.TEMPLATE, False, facts, self.template.label, self.model_name, tuple(attempts[i]))
-                )
+                continue
+            fallback = run.fallbacks.get(i, FallbackReason.LLM_UNAVAILABLE)
+            if late is not None and i not in run.settled:
+                attempts.append(Attempt("", "", False, f"{_PHRASES[FallbackReason.LLM_DEADLINE_EXCEEDED]}: {late}"))
+                fallback = FallbackReason.LLM_DEADLINE_EXCEEDED
+            elif not attempts:
+                attempts.append(Attempt("", "", False, f"{_PHRASES[FallbackReason.LLM_UNAVAILABLE]}: the generator gave no answer"))
+            text, facts = template_sentence(table)
+            explanations.append(
+                Explanation(text, ExplanationSource.TEMPLATE, False, facts, self.template.label, self.model_name, tuple(attempts), fallback)
+            )
         return explanations
 
-    def judge(self, raw: str | Exception, table: FactTable) -> tuple[ParsedAnswer | None, Attempt]:
+    def judge(self, raw: str | Exception, table: FactTable) -> tuple[ParsedAnswer | None, Attempt, FallbackReason | None]:
+        """The parsed answer, its recorded attempt, and why it cannot be shown (None: it can)."""
         if isinstance(raw, Exception):
-            # The generator is down or timed out: recorded, and the template sentence is shown.
-            reason = f"generator unavailable: {type(raw).__name__}: {str(raw)[:200]}"
-            return None, Attempt(raw_output="", text="", passed=False, reason=reason)
+            # The generator is down, timed out or sent something that is not a chat answer: recorded,
+            # and the template sentence is shown.
+            fallback = FallbackReason.LLM_OUTPUT_UNPARSEABLE if _is_malformed_response(raw) else FallbackReason.LLM_UNAVAILABLE
+            reason = f"{_PHRASES[fallback]}: {type(raw).__name__}: {str(raw)[:200]}"
+            return None, Attempt(raw_output="", text="", passed=False, reason=reason), fallback
         answer = self.parser.parse(raw)
+        if not re.search(r"\w", answer.text):
+            reason = f"{_PHRASES[FallbackReason.LLM_OUTPUT_UNPARSEABLE]}: no sentence in the answer"
+            return answer, Attempt(raw_output=raw, text="", passed=False, reason=reason), FallbackReason.LLM_OUTPUT_UNPARSEABLE
         verdict = check_grounding(answer.text, table)
-        return answer, Attempt(raw_output=raw, text=answer.text, passed=verdict.passed, reason=verdict.reason)
+        attempt = Attempt(raw_output=raw, text=answer.text, passed=verdict.passed, reason=verdict.reason)
+        return answer, attempt, None if verdict.passed else FallbackReason.UNGROUNDED
+
+
+_PHRASES = {
+    FallbackReason.LLM_UNAVAILABLE: "llm unavailable",
+    FallbackReason.LLM_DEADLINE_EXCEEDED: "llm deadline exceeded",
+    FallbackReason.LLM_OUTPUT_UNPARSEABLE: "llm output unparseable",
+}
+
+
+def _is_malformed_response(exc: Exception) -> bool:
+    """A response arrived but is not a chat completion (not JSON, or JSON of another shape)."""
+    import openai
+    from pydantic import ValidationError
+
+    # langchain-openai raises ValueError for a body that is not a JSON object, TypeError for one without "choices".
+    return isinstance(exc, (ValueError, openai.APIResponseValidationError, ValidationError, KeyError, TypeError, AttributeError))
+
+
+class _Run:
+    """One batch's outcomes so far, shared between the generating thread and the caller waiting on a deadline."""
+
+    def __init__(self, n: int):
+        self.lock = threading.Lock()
+        self.attempts: list[list[Attempt]] = [[] for _ in range(n)]
+        self.accepted: dict[int, ParsedAnswer] = {}
+        self.fallbacks: dict[int, FallbackReason] = {}
+        self.settled: set[int] = set()  # no attempt pending
+        self.expired = False  # the caller stopped waiting
+        self.finished = False  # the generating thread is done
+
+    def record(self, i: int, answer: ParsedAnswer | None, attempt: Attempt, fallback: FallbackReason | None) -> None:
+        self.attempts[i].append(attempt)
+        if fallback is None:
+            self.accepted[i] = answer
+            self.fallbacks.pop(i, None)
+        else:
+            self.fallbacks[i] = fallback
+
+
+class _LateRuns:
+    """How many batches are still generating after their caller's deadline."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.count += n
+
+    def full(self) -> bool:
+        return self.count >= self.limit
 
 
 def prompt_variables(template: PromptTemplateSpec, table: FactTable) -> dict[str, str]:

@@ -108,13 +108,20 @@ class CrossEncoderRanker:
         meta_file = folder / CHECKPOINT_META
         if not meta_file.exists():
             raise ConfigError(f"no ranker checkpoint at {folder} (missing {CHECKPOINT_META}); run `whyrec train --data DIR`")
-        try:
-            meta = json.loads(meta_file.read_text())
-            settings = {key: meta[key] for key in ("history_window", "max_length", "feature_names", "feature_weights")}
-            model = AutoModelForSequenceClassification.from_pretrained(folder)
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"cannot read the ranker checkpoint at {folder} ({type(exc).__name__}: {exc}); run `whyrec train --data DIR` to rebuild it") from None
+        # Each part is read on its own so that the error names the file that is missing or corrupt.
+        parts = (
+            (meta_file, lambda: {key: json.loads(meta_file.read_text())[key] for key in ("history_window", "max_length", "feature_names", "feature_weights")}),
+            (folder / "model.safetensors", lambda: AutoModelForSequenceClassification.from_pretrained(folder)),
+            (folder / "tokenizer.json", lambda: AutoTokenizer.from_pretrained(folder)),
+        )
+        loaded = []
+        for path, read in parts:
+            try:
+                loaded.append(read())
+            except Exception as exc:  # noqa: BLE001 - safetensors, json and HF each raise their own types for a damaged file
+                reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                raise ConfigError(f"cannot read the ranker checkpoint file {path} ({type(exc).__name__}: {reason}); run `whyrec train --data DIR` to rebuild it") from None
+        settings, model, tokenizer = loaded
         return cls(model, tokenizer, device, **settings)
 
     def save(self, folder: Path, metadata: dict) -> None:

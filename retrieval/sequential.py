@@ -144,14 +144,17 @@ class SequenceRetriever:
 
     @classmethod
     def load(cls, folder: Path, text_vectors: np.ndarray | None) -> "SequenceRetriever":
+        path = folder / META  # named in the error: the file that is missing or corrupt
         try:
-            meta = json.loads((folder / META).read_text())
+            meta = json.loads(path.read_text())
             config = SequenceConfig(**meta["config"])
             model = NextItemModel(len(meta["item_ids"]), text_vectors if meta["text"] else None, config)
-            model.load_state_dict(torch.load(folder / CHECKPOINT, weights_only=True))
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+            path = folder / CHECKPOINT
+            model.load_state_dict(torch.load(path, weights_only=True))
+        except Exception as exc:  # noqa: BLE001 - json, pickle and torch each raise their own types for a damaged file
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             raise ConfigError(
-                f"cannot read the sequence model at {folder} ({type(exc).__name__}: {exc}); run `whyrec train --data DIR` to rebuild it"
+                f"cannot read the sequence model file {path} ({type(exc).__name__}: {reason}); run `whyrec train --data DIR` to rebuild it"
             ) from None
         return cls(model, meta["item_ids"], metadata=meta)
 

@@ -1,5 +1,6 @@
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,81 @@ def slice_recommender(slice_settings, slice_catalog, slice_retriever, slice_rank
     from whyrec.pipeline import Recommender, build_explainer
 
     return Recommender(slice_settings, slice_catalog, slice_retriever, slice_ranker, build_explainer(slice_settings))
+
+
+@pytest.fixture(scope="session")
+def untrained_adapter(cache_dir, tmp_path_factory):
+    """A real LoRA adapter folder in the format `whyrec explainer tune` writes (peft), untrained
+    (its B matrices start at zero), so the test costs no training."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from whyrec.config import Settings
+    from whyrec.models import generator_path
+
+    model = AutoModelForCausalLM.from_pretrained(generator_path(Settings(cache_dir=cache_dir)))
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    folder = tmp_path_factory.mktemp("adapters") / "lora-test"
+    get_peft_model(model, lora).save_pretrained(folder)
+    return folder
+
+
+class VllmServer:
+    """`whyrec llm serve --adapter`, started as a user would, on a fixed port: the fault tests stop
+    it and start it again at the same URL."""
+
+    def __init__(self, cache_dir: Path, adapter: Path, log: Path):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log = log
+        self.env = {**os.environ, "WHYREC_CACHE_DIR": str(cache_dir), "WHYREC_DEVICE": "cpu"}
+        self.command = [sys.executable, "-m", "whyrec.cli", "llm", "serve", "--port", str(self.port), "--adapter", str(adapter)]
+        self.process = None
+
+    def start(self) -> None:
+        import subprocess
+
+        from whyrec.errors import ConfigError
+        from whyrec.explainer.serve import wait_until_ready
+
+        with open(self.log, "a") as out:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_until_ready(self.url, self.process, timeout_s=600)
+        except ConfigError:
+            self.process.kill()
+            pytest.fail("vLLM did not start:\n" + self.log.read_text()[-3000:])
+
+    def ensure_running(self) -> str:
+        """The server's URL, started again first if a fault test left it stopped."""
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+        return self.url
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(cache_dir, tmp_path_factory, untrained_adapter):
+    """One vLLM server for the session (each start costs 30-60 s on a CPU box). Skipped when no
+    Python with vLLM is found, unless WHYREC_REQUIRE_VLLM=1 (as in scripts/test.sh and CI)."""
+    from whyrec.errors import ConfigError
+    from whyrec.explainer.serve import find_vllm_python
+
+    try:
+        find_vllm_python(os.environ.get("WHYREC_VLLM_PYTHON"))
+    except ConfigError as exc:
+        if os.environ.get("WHYREC_REQUIRE_VLLM") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    server = VllmServer(cache_dir, untrained_adapter, tmp_path_factory.mktemp("vllm") / "server.log")
+    server.start()
+    yield server
+    server.stop()

@@ -8,7 +8,7 @@ from whyrec.explainer import check_grounding, template_sentence
 from whyrec.explainer.cache import ExplanationCache, cache_key
 from whyrec.explainer.evaluation import explanation_metrics, unique_sentence_ratio
 from whyrec.explainer.reference_eval import bleu4, load_reference_cases, reference_fact_table, rouge_l
-from whyrec.schema import Explanation, ExplanationSource, Fact, FactKind, FactTable
+from whyrec.schema import Explanation, ExplanationSource, Fact, FactKind, FactTable, FallbackReason
 
 
 
@@ -90,7 +90,7 @@ def test_a_generator_that_is_down_gives_the_template_sentence_and_says_why():
     table = reference_fact_table(load_reference_cases(CASES)[0])
     [explanation] = Explainer(model, load_template("shopper"), name).explain([table])
     assert explanation.source is ExplanationSource.TEMPLATE and explanation.text == template_sentence(table)[0]
-    assert explanation.attempts[0].reason.startswith("generator unavailable")
+    assert explanation.fallback is FallbackReason.LLM_UNAVAILABLE and explanation.attempts[0].reason.startswith("llm unavailable")
 
 
 @pytest.mark.integration

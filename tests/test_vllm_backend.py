@@ -5,62 +5,21 @@ CI), where a missing vLLM fails the run instead."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from whyrec.config import DEFAULT_GENERATOR, Settings
-from whyrec.errors import ConfigError
 from whyrec.explainer import Explainer, load_template, make_chat_model
-from whyrec.explainer.serve import find_vllm_python, wait_until_ready
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def untrained_adapter(cache_dir, tmp_path_factory):
-    """A real LoRA adapter folder in the format `whyrec explainer tune` writes (peft), untrained
-    (its B matrices start at zero), so the test costs no training."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from whyrec.models import generator_path
-
-    model = AutoModelForCausalLM.from_pretrained(generator_path(Settings(cache_dir=cache_dir)))
-    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
-    folder = tmp_path_factory.mktemp("adapters") / "lora-test"
-    get_peft_model(model, lora).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def vllm_url(cache_dir, tmp_path_factory, untrained_adapter):
-    """`whyrec llm serve --adapter`, started as a user would, on a free port."""
-    try:
-        find_vllm_python(os.environ.get("WHYREC_VLLM_PYTHON"))
-    except ConfigError as exc:
-        if os.environ.get("WHYREC_REQUIRE_VLLM") == "1":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "WHYREC_CACHE_DIR": str(cache_dir), "WHYREC_DEVICE": "cpu"}
-    with open(log, "w") as out:
-        command = [sys.executable, "-m", "whyrec.cli", "llm", "serve", "--port", str(port), "--adapter", str(untrained_adapter)]
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_until_ready(url, process, timeout_s=600)
-    except ConfigError:
-        process.kill()
-        pytest.fail("vLLM did not start:\n" + log.read_text()[-3000:])
-    yield url
-    process.terminate()
-    process.wait(timeout=60)
+def vllm_url(vllm_server):
+    """The session's server (tests/conftest.py), running: a fault test may have stopped it."""
+    return vllm_server.ensure_running()
 
 
 def _tables(recommender, user, k):

@@ -26,7 +26,7 @@ from whyrec.explainer.templates import available_templates, parse_template
 from whyrec.ratelimit import RateLimiter, retry_after_header
 from whyrec.schema import RecommendedItem, WhyNot
 from whyrec.service import ItemExplained, SlateLogged, SlateRanked, WhyrecService
-from whyrec.store import AttemptRecord, AttributionRecord, EventRecord, FactRecord, FeedbackKind, FeedbackRecord, ImpressionRecord, UnknownImpression
+from whyrec.store import AttemptRecord, DatabaseUnavailable, AttributionRecord, EventRecord, FactRecord, FeedbackKind, FeedbackRecord, ImpressionRecord, UnknownImpression
 
 MAX_K = 50
 # Ids and texts may be any Unicode except control characters (C0, DEL, C1): those are never part of
@@ -60,6 +60,7 @@ class ExplanationOut(BaseModel):
     prompt_version: str
     model: str
     attempts: list[AttemptRecord]
+    fallback: str | None = Field(None, description="why the template sentence is shown: llm_unavailable, llm_deadline_exceeded, llm_output_unparseable or ungrounded")
 
 
 class ItemOut(BaseModel):
@@ -129,6 +130,7 @@ class HealthOut(BaseModel):
     model: str
     prompt_version: str
     database: str
+    queued_writes: int = Field(0, description="impressions, events and feedback waiting for the database")
 
 
 class ErrorOut(BaseModel):
@@ -154,6 +156,7 @@ def item_out(entry: RecommendedItem, feature_names: tuple[str, ...]) -> ItemOut:
             prompt_version=e.prompt_version,
             model=e.model,
             attempts=[AttemptRecord(raw_output=a.raw_output, text=a.text, passed=a.passed, reason=a.reason) for a in e.attempts],
+            fallback=e.fallback.value if e.fallback else None,
         ),
     )
 
@@ -304,20 +307,33 @@ def explanation(user_id: UserId, item_id: ItemId, service: Service, k: K = 10) -
     )
 
 
-@router.post("/shoppers/{user_id}/events", response_model=EventRecord, status_code=201, responses=_PUBLIC, tags=["shopper"], dependencies=RateLimited)
-def post_event(user_id: UserId, body: EventIn, service: Service) -> EventRecord:
+_QUEUED = {
+    202: {"description": "accepted while the database is unavailable (`queued: true`); written when it returns"},
+    503: {"model": ErrorOut, "description": "the database is unavailable and its write queue is full"},
+}
+_NEEDS_DATABASE = {503: {"model": ErrorOut, "description": "the database is unavailable"}}
+
+
+@router.post("/shoppers/{user_id}/events", response_model=EventRecord, status_code=201, responses={**_PUBLIC, **_QUEUED}, tags=["shopper"], dependencies=RateLimited)
+def post_event(user_id: UserId, body: EventIn, service: Service, response: Response) -> EventRecord:
     """A view, click, cart or purchase: part of the shopper's history from the next request on."""
-    return service.record_event(user_id, body.item_id, body.kind)
+    record = service.record_event(user_id, body.item_id, body.kind)
+    if record.queued:
+        response.status_code = status.HTTP_202_ACCEPTED
+    return record
 
 
-@router.post("/shoppers/{user_id}/feedback", response_model=FeedbackRecord, status_code=201, responses=_PUBLIC, tags=["shopper"], dependencies=RateLimited)
-def post_feedback(user_id: UserId, body: FeedbackIn, service: Service) -> FeedbackRecord:
+@router.post("/shoppers/{user_id}/feedback", response_model=FeedbackRecord, status_code=201, responses={**_PUBLIC, **_QUEUED}, tags=["shopper"], dependencies=RateLimited)
+def post_feedback(user_id: UserId, body: FeedbackIn, service: Service, response: Response) -> FeedbackRecord:
     """helpful / not_helpful on a shown explanation; not_interested in an item (never shown again);
     exclude_purchase (that history item no longer drives or is cited in recommendations)."""
-    return service.record_feedback(user_id, body.kind, body.item_id, body.impression_id)
+    record = service.record_feedback(user_id, body.kind, body.item_id, body.impression_id)
+    if record.queued:
+        response.status_code = status.HTTP_202_ACCEPTED
+    return record
 
 
-@router.get("/impressions", response_model=list[ImpressionRecord], responses=_STAFF, tags=["support"])
+@router.get("/impressions", response_model=list[ImpressionRecord], responses={**_STAFF, **_NEEDS_DATABASE}, tags=["support"])
 def impressions(
     service: Service,
     _staff: SupportStaff,
@@ -331,7 +347,7 @@ def impressions(
     return service.impressions(user_id, item_id, since, until, limit)
 
 
-@router.get("/impressions/{impression_id}", response_model=ImpressionRecord, responses={**_STAFF, 404: {"model": ErrorOut}}, tags=["support"])
+@router.get("/impressions/{impression_id}", response_model=ImpressionRecord, responses={**_STAFF, 404: {"model": ErrorOut}, **_NEEDS_DATABASE}, tags=["support"])
 def impression(impression_id: Annotated[str, Path(max_length=64, pattern=NO_CONTROL)], service: Service, _staff: SupportStaff) -> ImpressionRecord:
     """One served slate exactly as recorded: texts, fact tables, prompts, prompt version, model, verdicts."""
     return service.impression(impression_id)
@@ -407,19 +423,20 @@ def health(service: Service) -> HealthOut:
         database = f"error: {type(exc).__name__}"
     explainer = service.recommender.explainer
     return HealthOut(
-        status="ok" if database == "ok" else "degraded",
+        status="ok" if database == "ok" and not service.store.queued else "degraded",
         data=catalog.name,
         items=len(catalog.items),
         shoppers=len(catalog.users),
         model=explainer.model_name,
         prompt_version=explainer.template.label,
         database=database,
+        queued_writes=service.store.queued,
     )
 
 
 # ---- the app ----
 
-_STATUS = {UnknownShopper: 404, UnknownItem: 404, UnknownImpression: 404}
+_STATUS = {UnknownShopper: 404, UnknownItem: 404, UnknownImpression: 404, DatabaseUnavailable: 503}
 
 
 def create_app(service: WhyrecService, settings: Settings) -> FastAPI:

@@ -66,6 +66,21 @@ class Settings(BaseSettings):
     index_device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="Device of the FAISS search (GPU needs a faiss GPU build; flat and IVF only); unset = device.")
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="GPUs `whyrec llm serve` splits the model over (vLLM --tensor-parallel-size).")
 
+    # Faults (issue 6): a slow or absent LLM server, an unavailable database.
+    explain_deadline_s: float = Field(30.0, gt=0, description="Served slates (API, Shop view) wait at most this long for the LLM's checked explanations; items without one by then get the template sentence. 30 s fits a slate of 10 on a 2-core CPU box; a GPU server needs far less.")
+    llm_max_late: int = Field(2, ge=1, description="Slates whose explanations may still be generating after their deadline; while that many are, new requests get the template sentence at once and the LLM server is not asked (it is asked again as they finish).")
+    write_spool: Path | None = Field(None, description="Append-only file holding impressions, events and feedback written while the database is unavailable, replayed when it returns (also after a restart); unset = ~/.local/share/whyrec/spool/<database>.jsonl.")
+    write_spool_max: int = Field(10_000, ge=1, description="Queued writes kept at most while the database is unavailable; beyond that, writes get a 503.")
+    write_retry_s: float = Field(2.0, gt=0, description="Seconds between attempts to write the queued records while the database is unavailable.")
+
+    def resolved_write_spool(self) -> Path:
+        if self.write_spool is not None:
+            return self.write_spool
+        import hashlib
+
+        name = hashlib.sha1(self.resolved_database_url().encode()).hexdigest()[:12]
+        return Path.home() / ".local" / "share" / "whyrec" / "spool" / f"{name}.jsonl"
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -96,7 +96,14 @@ def embedding_retriever(settings: Settings, catalog: Catalog, encoder=None, log:
         log(f"embedding {len(item_ids)} items with {Path(encoder_path).name} (cached at {cache_file.parent})...")
     if encoder is None and not cache_file.exists():
         encoder = load_encoder(encoder_path, settings.resolved_device())
-    vectors = embed_items(encoder, [catalog.items[i] for i in item_ids], cache_file)
+    try:
+        vectors = embed_items(encoder, [catalog.items[i] for i in item_ids], cache_file)
+    except (ValueError, OSError, EOFError) as exc:
+        # A damaged cache is not silently recomputed: a file that changes under a running shop is worth knowing about.
+        raise ConfigError(
+            f"cannot read the item embeddings (the FAISS index's vectors) at {cache_file} ({type(exc).__name__}: {exc}); "
+            f"delete it to rebuild it from the catalog on the next start: `rm {cache_file}`"
+        ) from None
     index = ItemIndex(item_ids, vectors, kind=settings.index_kind, device=settings.resolved_device(settings.index_device))
     return EmbeddingRetriever(index, history_window=settings.history_window)
 
@@ -194,7 +201,12 @@ def load_models(settings: Settings, catalog: Catalog, log: Log = stderr_log) -> 
             raise ConfigError(f"no trained models for this data at {models_folder(settings, catalog)}; run `whyrec train --data {data_folder(settings)}`")
         log(f"no trained models for {catalog.name} yet: training them now (same as `whyrec train`)...")
         train(settings, catalog, embedding, log=log)
-    return build_retriever(settings, catalog, embedding), CrossEncoderRanker.load(ranker_folder(settings, catalog), settings.resolved_device(settings.ranker_device))
+    # Missing models are trained above (auto_train); a damaged file is an error, not a silent
+    # retrain: `whyrec train` rebuilds it on purpose.
+    try:
+        return build_retriever(settings, catalog, embedding), CrossEncoderRanker.load(ranker_folder(settings, catalog), settings.resolved_device(settings.ranker_device))
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("`whyrec train --data DIR`", f"`whyrec train --data {data_folder(settings)}`")) from None
 
 
 @dataclass
@@ -268,7 +280,7 @@ def build_explainer(settings: Settings, log: Log = stderr_log) -> Explainer:
     generator = None if settings.llm_url else models.generator_path(settings, progress=log)
     chat_model, model_name = make_chat_model(settings, generator)
     cache = ExplanationCache(settings.explanation_cache_size)
-    return Explainer(chat_model, template, model_name, concurrency=settings.llm_concurrency, cache=cache)
+    return Explainer(chat_model, template, model_name, concurrency=settings.llm_concurrency, cache=cache, max_late=settings.llm_max_late)
 
 
 StageTimer = Callable[[str, float], None]
@@ -337,22 +349,23 @@ class Recommender:
         tables = self._fact_tables(user_id, events, history, items)
         return RankedSlate(user_id, tuple(history), tuple(items), tuple(tables), topic_matched=bool(matching))
 
-    def explain_slate(self, slate: RankedSlate, positions: list[int] | None = None) -> list[RecommendedItem]:
+    def explain_slate(self, slate: RankedSlate, positions: list[int] | None = None, deadline: float | None = None) -> list[RecommendedItem]:
         """Explanations for the slate's items (or those at `positions`), generated as one batch
-        (template reasons, without the generator, for a cold-start slate)."""
+        (template reasons, without the generator, for a cold-start slate). `deadline` (a
+        time.monotonic() value) bounds the wait: items not explained by then get the template sentence."""
         positions = list(range(len(slate.items))) if positions is None else positions
         tables = [slate.tables[i] for i in positions]
         with self._stage("explanation"):
-            explanations = [self._template_reason(t) for t in tables] if slate.cold_start else self.explainer.explain(tables)
+            explanations = [self._template_reason(t) for t in tables] if slate.cold_start else self.explainer.explain(tables, _seconds_left(deadline))
         return [self._recommended(slate.items[i], e, t) for i, e, t in zip(positions, explanations, tables)]
 
-    def explain(self, user_id: str, item_id: str, overlay: ShopperOverlay | None = None) -> RecommendedItem:
+    def explain(self, user_id: str, item_id: str, overlay: ShopperOverlay | None = None, deadline: float | None = None) -> RecommendedItem:
         """The explanation for any item, also one outside the shopper's top-k: it is ranked among the candidates."""
         ranking = self._rank_including(user_id, item_id, overlay, self.settings.candidates)
         target = ranking.target
         table = self._fact_tables(user_id, ranking.events, ranking.history, [target])[0]
         with self._stage("explanation"):
-            explanation = self.explainer.explain([table])[0]
+            explanation = self.explainer.explain([table], _seconds_left(deadline))[0]
         return self._recommended(target, explanation, table)
 
     def why_not(self, user_id: str, item_id: str, k: int = 10, overlay: ShopperOverlay | None = None) -> WhyNot:
@@ -480,6 +493,10 @@ class _Ranking:
     ranked: list[RankedItem]
     target: RankedItem
     proposed: frozenset[str]  # what the candidate stage proposed on its own (without the asked item)
+
+
+def _seconds_left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 @contextmanager

@@ -109,6 +109,22 @@ class ExplanationSource(str, Enum):
     TEMPLATE = "template"
 
 
+class FallbackReason(str, Enum):
+    """Why the template sentence was shown instead of the generator's text."""
+
+    LLM_UNAVAILABLE = "llm_unavailable"  # connection refused, HTTP error, client timeout
+    LLM_DEADLINE_EXCEEDED = "llm_deadline_exceeded"  # no checked answer within WHYREC_EXPLAIN_DEADLINE_S
+    LLM_OUTPUT_UNPARSEABLE = "llm_output_unparseable"  # a response that is not a chat answer, or no sentence in it
+    UNGROUNDED = "ungrounded"  # answers came back but failed the grounding check
+
+    @property
+    def transient(self) -> bool:
+        """A fault of the server, not an answer to these facts: not cached, so that a server that
+        recovers is asked again. Garbage counts (a proxy's error page, a misconfigured model);
+        an ungrounded answer is the model's own, and asking again gives the same."""
+        return self is not FallbackReason.UNGROUNDED
+
+
 @dataclass(frozen=True)
 class Explanation:
     text: str
@@ -120,6 +136,7 @@ class Explanation:
     prompt_version: str = ""
     model: str = ""
     attempts: tuple["Attempt", ...] = ()  # every LLM answer and its verdict, shown or not
+    fallback: FallbackReason | None = None  # set when source is TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,7 @@ class RecommendedItem:
                 "prompt_version": self.explanation.prompt_version,
                 "model": self.explanation.model,
                 "attempts": [asdict(a) for a in self.explanation.attempts],
+                "fallback": self.explanation.fallback.value if self.explanation.fallback else None,
             },
         }
 

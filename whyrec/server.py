@@ -16,7 +16,7 @@ def build_server(settings: Settings, recommender: Recommender | None = None, log
     """The whole service. The store's schema is created on start; the models load once here."""
     from whyrec.ui import mount_views  # gradio is heavy: only the served app needs it
 
-    store = Store(settings.resolved_database_url())
+    store = Store(settings.resolved_database_url(), settings.resolved_write_spool(), settings.write_spool_max, settings.write_retry_s)
     log(f"impression and feedback store: {store.engine.url.render_as_string(hide_password=True)}")
     service = WhyrecService(recommender or Recommender.load(settings, log=log), store, ServiceMetrics())
     return mount_views(create_app(service, settings), service, settings)

@@ -4,6 +4,7 @@ service's metrics."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,7 +14,7 @@ from whyrec.catalog import EventKind, Interaction, dedupe_keep_last
 from whyrec.errors import WhyrecError
 from whyrec.pipeline import Recommender, topic_words
 from whyrec.schema import RankedSlate, RecommendedItem, WhyNot
-from whyrec.store import EventRecord, FeedbackKind, FeedbackRecord, ImpressionRecord, Store
+from whyrec.store import DatabaseUnavailable, EventRecord, FeedbackKind, FeedbackRecord, ImpressionRecord, Store
 from whyrec.telemetry import ServiceMetrics
 
 
@@ -69,6 +70,7 @@ class WhyrecService:
         self.store = store
         self.metrics = metrics
         recommender.stage_timer = metrics.observe_stage
+        metrics.queued_writes.set_function(lambda: store.queued)
 
     @property
     def catalog(self):
@@ -77,19 +79,21 @@ class WhyrecService:
     def recommend(self, user_id: str, k: int, request: str = "") -> ServedSlate:
         """A slate with explanations, logged. `request` is the shopper's words ("something for my desk").
         A shopper the shop has never seen, or with every purchase excluded, gets popular and new items."""
+        deadline = self._deadline()
         slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request), cold_start=True)
-        items = self.recommender.explain_slate(slate)
+        items = self.recommender.explain_slate(slate, deadline=deadline)
         return self._log(slate, items)
 
     def stream(self, user_id: str, k: int, request: str = "") -> Iterator[SlateRanked | ItemExplained | SlateLogged]:
         """The same slate as recommend(), yielded as it is made: the ranked items first, then each
         explanation as soon as it has passed (or failed) its check, then the logged impression."""
+        deadline = self._deadline()
         slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request), cold_start=True)
         yield SlateRanked(slate, [self.catalog.items[r.item_id].title for r in slate.items])
         done: dict[int, RecommendedItem] = {}
         workers = max(1, min(len(slate.items), self.recommender.settings.llm_concurrency))
         with ThreadPoolExecutor(workers) as pool:
-            futures = {pool.submit(self.recommender.explain_slate, slate, [i]): i for i in range(len(slate.items))}
+            futures = {pool.submit(self.recommender.explain_slate, slate, [i], deadline): i for i in range(len(slate.items))}
             for future in as_completed(futures):
                 position = futures[future]
                 done[position] = future.result()[0]
@@ -98,14 +102,15 @@ class WhyrecService:
 
     def explain(self, user_id: str, item_id: str, k: int) -> ServedExplanation:
         """Why an item is (or is not) in the shopper's top k, with its explanation; logged as shown."""
+        deadline = self._deadline()
         overlay = self.store.overlay(user_id)
         why_not = self.recommender.why_not(user_id, item_id, k, overlay)
-        entry = self.recommender.explain(user_id, item_id, overlay)
+        entry = self.recommender.explain(user_id, item_id, overlay, deadline)
         history = self.recommender.history_events(user_id, overlay)
         impression = self.store.log_impression(
             user_id, "explain", _ids(history), [entry], [self.recommender.prompt_messages(entry.fact_table)], self.recommender.retriever.feature_names
         )
-        self.metrics.explanations.labels(entry.explanation.source.value).inc()
+        self._count_explanation(entry)
         return ServedExplanation(impression, entry, why_not)
 
     def why_not(self, user_id: str, item_id: str, k: int) -> WhyNot:
@@ -136,8 +141,11 @@ class WhyrecService:
         if kind in (FeedbackKind.HELPFUL, FeedbackKind.NOT_HELPFUL):
             if impression_id is None:
                 raise InvalidFeedback(f"feedback '{kind.value}' is about a shown explanation: give the impression_id it was shown in")
-            shown = self.store.impression(impression_id)
-            if shown.user_id != user_id or item_id not in {i.item_id for i in shown.items}:
+            try:
+                shown = self.store.impression(impression_id)
+            except DatabaseUnavailable:
+                shown = None  # accepted and queued; the store checks the impression when it writes it
+            if shown is not None and (shown.user_id != user_id or item_id not in {i.item_id for i in shown.items}):
                 raise InvalidFeedback(f"impression '{impression_id}' did not show item '{item_id}' to shopper '{user_id}'")
         record = self.store.add_feedback(user_id, kind, item_id, impression_id)
         self.metrics.feedback.labels(kind.value).inc()
@@ -151,12 +159,21 @@ class WhyrecService:
     def impression(self, impression_id: str) -> ImpressionRecord:
         return self.store.impression(impression_id)
 
+    def _deadline(self) -> float:
+        """When a request's explanations must be done by (time.monotonic())."""
+        return time.monotonic() + self.recommender.settings.explain_deadline_s
+
+    def _count_explanation(self, entry: RecommendedItem) -> None:
+        self.metrics.explanations.labels(entry.explanation.source.value).inc()
+        if entry.explanation.fallback is not None:
+            self.metrics.explanation_fallbacks.labels(entry.explanation.fallback.value).inc()
+
     def _log(self, slate: RankedSlate, items: list[RecommendedItem]) -> ServedSlate:
         # A cold-start slate's reasons are template sentences: no prompt was sent.
         prompts = [[] if slate.cold_start else self.recommender.prompt_messages(t) for t in slate.tables]
         impression = self.store.log_impression(slate.user_id, "slate", list(slate.history), items, prompts, self.recommender.retriever.feature_names)
         for entry in items:
-            self.metrics.explanations.labels(entry.explanation.source.value).inc()
+            self._count_explanation(entry)
         return ServedSlate(impression, items, slate.topic_matched, slate.cold_start)
 
 

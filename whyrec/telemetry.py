@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Pipeline stages run from milliseconds (retrieval) to tens of seconds (generation on a CPU).
 _STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
@@ -17,6 +17,15 @@ class ServiceMetrics:
         self.request_seconds = Histogram("whyrec_request_seconds", "HTTP request latency by route.", ["route"], buckets=_STAGE_BUCKETS, registry=self.registry)
         self.stage_seconds = Histogram("whyrec_stage_seconds", "Pipeline stage latency: retrieval, ranking, explanation.", ["stage"], buckets=_STAGE_BUCKETS, registry=self.registry)
         self.explanations = Counter("whyrec_explanations", "Explanations served, by source (llm or template).", ["source"], registry=self.registry)
+        self.explanation_fallbacks = Counter(
+            "whyrec_explanation_fallbacks",
+            "Template sentences shown instead of the LLM's text, by reason: llm_unavailable, llm_deadline_exceeded, llm_output_unparseable, ungrounded.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.queued_writes = Gauge(
+            "whyrec_queued_writes", "Impressions, events and feedback waiting for the database (it was unavailable).", registry=self.registry
+        )
         self.feedback = Counter("whyrec_feedback", "Feedback received, by kind.", ["kind"], registry=self.registry)
         self.events = Counter("whyrec_events", "Shopper events received, by kind.", ["kind"], registry=self.registry)
 
