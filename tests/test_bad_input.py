@@ -197,6 +197,14 @@ def test_unicode_ids_work_and_control_characters_get_a_422_naming_the_field(clie
     assert service.store.event_count("u1") == 0
 
 
+def test_an_unknown_query_parameter_gets_a_422_naming_it_and_what_the_endpoint_takes(client, slice_catalog):
+    user = slice_catalog.users[0]
+    response = client.get(f"/api/shoppers/{user}/recommendations", params={"kk": "5"})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "query: unknown parameter 'kk' (this endpoint takes: k, q)"
+    assert client.get("/api/impressions", params={"user": user}, auth=STAFF).status_code == 422
+
+
 @pytest.mark.integration
 def test_malformed_json_bodies_get_a_422_naming_the_field_and_write_nothing(client, service):
     user = "malformed-body-shopper"

@@ -193,7 +193,7 @@ def limited(slice_settings, slice_recommender, tmp_path_factory):
 def test_a_client_over_the_rate_gets_429_with_retry_after_and_a_clear_message(limited):
     client = TestClient(limited, client=("203.0.113.7", 50000))
     # Unknown shoppers answer fast (404) and still count: the limit applies before any work.
-    codes = [client.get("/api/shoppers/nobody/recommendations").status_code for _ in range(4)]
+    codes = [client.get("/api/shoppers/nobody/items/x/explanation").status_code for _ in range(4)]
     assert codes == [404, 404, 404, 429]
     refused = client.post("/api/shoppers/nobody/events", json={"item_id": "x"})
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) == 10  # 1 request per 10 s at 6 a minute
@@ -203,11 +203,11 @@ def test_a_client_over_the_rate_gets_429_with_retry_after_and_a_clear_message(li
 def test_the_rate_limit_is_per_client_and_leaves_staff_endpoints_alone(limited):
     busy = TestClient(limited, client=("203.0.113.8", 50000))
     for _ in range(3):
-        busy.get("/api/shoppers/nobody/recommendations")
-    assert busy.get("/api/shoppers/nobody/recommendations").status_code == 429
+        busy.get("/api/shoppers/nobody/items/x/explanation")
+    assert busy.get("/api/shoppers/nobody/items/x/explanation").status_code == 429
     assert busy.get("/api/impressions", auth=ADMIN).status_code == 200
     other = TestClient(limited, client=("203.0.113.9", 50000))
-    assert other.get("/api/shoppers/nobody/recommendations").status_code == 404
+    assert other.get("/api/shoppers/nobody/items/x/explanation").status_code == 404
 
 
 def test_the_bucket_refills_at_the_configured_rate():

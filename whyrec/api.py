@@ -249,7 +249,28 @@ _STAFF = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}}
 
 # ---- routes ----
 
-router = APIRouter(prefix="/api", responses={413: {"model": ErrorOut}, 422: {"model": ErrorOut}})  # every 422 is one readable line (see _invalid_request)
+def _known_query_only(request: Request) -> None:
+    """A query parameter the endpoint does not take is refused, not ignored: `?kk=5` for `?k=5`
+    would otherwise silently answer with the default."""
+    route = request.scope.get("route")
+    if route is None:
+        return
+    known = _query_names(route.dependant)
+    unknown = sorted({name for name in request.query_params if name not in known})
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise HTTPException(422, f"query: unknown parameter {', '.join(repr(n[:40]) for n in unknown[:5])} (this endpoint takes: {takes})")
+
+
+def _query_names(dependant) -> set[str]:
+    return {f.alias for f in dependant.query_params}.union(*(_query_names(d) for d in dependant.dependencies))
+
+
+router = APIRouter(
+    prefix="/api",
+    responses={413: {"model": ErrorOut}, 422: {"model": ErrorOut}},  # every 422 is one readable line (see _invalid_request)
+    dependencies=[Depends(_known_query_only)],
+)
 
 
 @router.get("/shoppers/{user_id}/recommendations", response_model=SlateOut, responses=_PUBLIC, tags=["shopper"], dependencies=RateLimited)
