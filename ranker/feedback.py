@@ -82,7 +82,7 @@ def train_on_feedback(
     catalog: Catalog,
     slates: list[ShownSlate],
     source: CandidateSource,
-    out_dir: Path,
+    out_dir: Path | None,
     config: FeedbackConfig = FeedbackConfig(),
     metadata: dict | None = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
@@ -127,5 +127,6 @@ def train_on_feedback(
             optimizer.zero_grad()
             losses.append(loss.item())
     ranker.model.eval()
-    ranker.save(out_dir, {"feedback_slates": len(slates), "feedback_groups": len(groups), **(metadata or {})})
-    return FeedbackReport(len(slates), len(groups), float(np.mean(losses)), time.time() - started, str(out_dir))
+    if out_dir is not None:  # None: the caller decides whether, and where, to keep it
+        ranker.save(out_dir, {"feedback_slates": len(slates), "feedback_groups": len(groups), **(metadata or {})})
+    return FeedbackReport(len(slates), len(groups), float(np.mean(losses)), time.time() - started, str(out_dir or ""))

@@ -7,7 +7,6 @@ import importlib.resources
 import json
 import re
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -246,11 +245,10 @@ def train_from_feedback(
     folder = ranker_folder(settings, catalog)
     previous = json.loads((folder / CHECKPOINT_META).read_text())
     before = engaged_above_skipped(ranker, catalog, held_out, retriever)
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            report = train_on_feedback(ranker, catalog, train_slates, retriever, Path(scratch) / "ranker", config, log=log)
-        except ValueError as exc:
-            raise WhyrecError(str(exc)) from None
+    try:
+        report = train_on_feedback(ranker, catalog, train_slates, retriever, None, config, log=log)
+    except ValueError as exc:
+        raise WhyrecError(str(exc)) from None
     after = engaged_above_skipped(ranker, catalog, held_out, retriever)
     kept = after >= before
     if kept:

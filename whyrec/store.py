@@ -329,7 +329,6 @@ class Store:
         settled = (now or _now()) - window
         query = (
             select(_Impression)
-            .options(selectinload(_Impression.items))
             .where(_Impression.kind == "slate", _Impression.served_at <= _as_utc(settled))
             .order_by(_Impression.served_at)
         )
@@ -340,6 +339,14 @@ class Store:
             rows = session.scalars(query).all()
             if not rows:
                 return []
+            # Only the shown item ids: the items' fact tables and prompts are the log's bulk.
+            shown: dict[str, list[str]] = {}
+            for impression_id, item_id in session.execute(
+                select(_ImpressionItem.impression_id, _ImpressionItem.item_id)
+                .where(_ImpressionItem.impression_id.in_(query.with_only_columns(_Impression.id).order_by(None)))
+                .order_by(_ImpressionItem.impression_id, _ImpressionItem.position)
+            ):
+                shown.setdefault(impression_id, []).append(item_id)
             events = session.scalars(
                 select(_Event).where(
                     _Event.user_id.in_({r.user_id for r in rows}),
@@ -353,11 +360,11 @@ class Store:
             by_user.setdefault(e.user_id, []).append((_utc(e.created_at), e.item_id))
         slates = []
         for row in rows:
-            served_at, shown = _utc(row.served_at), tuple(i.item_id for i in row.items)
+            served_at, items = _utc(row.served_at), tuple(shown.get(row.id, ()))
             engaged = frozenset(
-                item for at, item in by_user.get(row.user_id, []) if served_at <= at <= served_at + window and item in shown
+                item for at, item in by_user.get(row.user_id, []) if served_at <= at <= served_at + window and item in items
             )
-            slates.append(ShownSlate(row.user_id, tuple(row.history), shown, engaged))
+            slates.append(ShownSlate(row.user_id, tuple(row.history), items, engaged))
         return slates
 
     # ---- events and feedback ----
