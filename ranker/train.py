@@ -48,6 +48,10 @@ class TrainConfig:
     hard_pool: int = 50  # retrieval depth a positive must reach and the negatives come from
     patience: int = 0
     seed: int = 0
+    # Wall-clock time (time.time()) by which training must be done, validation included, or None.
+    # An epoch that would overrun it is cut short (or not started) and training stops after it, so a
+    # slow CPU trains on fewer groups instead of running past its budget.
+    deadline: float | None = None
 
 
 @dataclass
@@ -67,9 +71,25 @@ class TrainReport:
     best_val_ndcg10: float = 0.0
     seconds: float = 0.0
     stopped_early: bool = False
+    stopped_by_deadline: bool = False
+    groups_trained: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class _RunningMean:
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count
 
 
 @dataclass(frozen=True)
@@ -116,6 +136,9 @@ def train_ranker(
     _save_retrieval_order(ranker, out_dir, {"best_epoch": 0, "val_ndcg10": baseline, **(metadata or {})})
     report.best_epoch, report.best_val_ndcg10 = 0, baseline
     best, stale = baseline, 0
+    val_pairs = sum(len(candidates) for _, candidates in val_slates)
+    val_seconds: float | None = None  # measured by the first validation
+    step_seconds = _RunningMean()
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.time()
         sample = rng.sample(groups, min(len(groups), config.max_groups_per_epoch))
@@ -124,6 +147,15 @@ def train_ranker(
         ranker.model.train()
         bar = tqdm(steps, desc=f"epoch {epoch}/{config.epochs}", unit="step", file=sys.stderr, dynamic_ncols=True)
         for step in bar:
+            if config.deadline is not None and step_seconds.count:
+                # Before the first validation its cost is unknown: a forward pass costs about a third
+                # of a training step per pair; count half to stay on the safe side.
+                pair_seconds = step_seconds.mean / (config.groups_per_step * (config.negatives + 1))
+                needed = val_seconds if val_seconds is not None else val_pairs * pair_seconds / 2
+                if time.time() + step_seconds.mean + needed > config.deadline:
+                    report.stopped_by_deadline = True
+                    break
+            step_start = time.time()
             queries, docs, features = [], [], []
             for group in step:
                 query = history_text([catalog.items[i] for i in group.history[-ranker.history_window :]])
@@ -138,10 +170,19 @@ def train_ranker(
             optimizer.step()
             optimizer.zero_grad()
             losses.append(loss.item())
+            report.groups_trained += len(step)
+            step_seconds.add(time.time() - step_start)
             bar.set_postfix(loss=f"{mean(losses[-50:]):.3f}")
         bar.close()
+        if not losses:  # the deadline left no room for another epoch
+            log(f"stopping before epoch {epoch}: it would not finish within the time budget")
+            break
+        if report.stopped_by_deadline:
+            log(f"epoch {epoch} cut to {len(losses)} of {len(steps)} steps to finish within the time budget")
         ranker.model.eval()
+        validation_start = time.time()
         ndcg = _val_ndcg(ranker, catalog, val_slates)
+        val_seconds = time.time() - validation_start
         report.epochs.append(EpochReport(epoch, mean(losses), ndcg, time.time() - epoch_start))
         weights = ", ".join(f"{n} {w:.2f}" for n, w in zip(ranker.feature_names, ranker.feature_weights.detach().tolist()))
         log(f"epoch {epoch}: train loss {mean(losses):.4f}, val NDCG@10 {ndcg:.4f} (feature weights: {weights})")
@@ -156,6 +197,8 @@ def train_ranker(
                 report.stopped_early = True
                 log(f"no improvement for {stale} epoch(s): stopping early")
                 break
+        if report.stopped_by_deadline:
+            break
     if report.best_epoch == 0:
         log("no epoch beat the retrieval order on validation: the saved ranker keeps the retrieval order")
     report.seconds = time.time() - started

@@ -87,3 +87,25 @@ def test_removing_the_top_attributed_history_item_lowers_the_items_score(slice_c
         assert abs((full - without) - best.contribution) < 0.05  # the attribution is that drop
         checked += 1
     assert checked >= 5
+
+
+def test_a_training_deadline_stops_the_ranker_epochs_in_time_and_keeps_the_best_checkpoint(slice_settings, slice_catalog, slice_retriever, tmp_path):
+    import time
+
+    from whyrec import models
+    from whyrec.ranker import TrainConfig, train_ranker
+    from whyrec.ranker.model import FEATURE_SCALE
+    from whyrec.split import leave_one_out
+
+    ranker = CrossEncoderRanker.from_base(
+        models.encoder_path(slice_settings), feature_names=slice_retriever.feature_names,
+        feature_weights=(slice_retriever.weights.vector() * FEATURE_SCALE).tolist(),
+    )
+    deadline = time.time() + 25
+    # Without the deadline this would run 20 epochs: patience never ends it.
+    config = TrainConfig(epochs=20, patience=20, deadline=deadline)
+    report = train_ranker(ranker, slice_catalog, leave_one_out(slice_catalog).valid, slice_retriever, tmp_path / "ranker", config, log=lambda m: None)
+    assert report.stopped_by_deadline and not report.stopped_early
+    assert 1 <= len(report.epochs) < 20 and report.groups_trained > 0
+    assert time.time() < deadline + 30  # validation and the checkpoint write may run a little past it
+    assert (tmp_path / "ranker" / CHECKPOINT_META).exists()

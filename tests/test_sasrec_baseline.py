@@ -6,12 +6,13 @@ scripts/test.sh and CI), where a missing RecBole fails the run instead."""
 import os
 import random
 import sys
+import time
 
 import pytest
 
 from whyrec.catalog import Catalog, Interaction, Item
 from whyrec.errors import ConfigError, WhyrecError
-from whyrec.sasrec_baseline import find_recbole_python, sasrec_metrics
+from whyrec.sasrec_baseline import find_recbole_python, sasrec_metrics, start_sasrec
 
 N_ITEMS = 60
 
@@ -56,6 +57,20 @@ def test_sasrec_refit_on_the_validation_items_learns_a_deterministic_sequence(re
     # The reported figures are the refit model's; the early-stopped model's are kept beside them.
     assert result["refit"] and 1 <= result["best_epoch"] <= 5 and result["refit_seconds"] > 0
     assert 0 < result["early_stopped_ndcg@10"] <= 1
+
+
+@pytest.mark.integration
+def test_stopping_a_started_sasrec_run_ends_its_process_and_removes_its_files(recbole_python):
+    # An evaluation that fails or is interrupted while SASRec trains beside it must not leave it running.
+    lines: list[str] = []
+    run = start_sasrec(cyclic_catalog(), cyclic_catalog().users[:10], recbole_python, epochs=300, threads=1, log=lines.append)
+    deadline = time.monotonic() + 120
+    while not any("users," in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.5)  # until the script has read its input and is starting to train
+    assert run.running
+    run.stop()
+    assert not run.running
+    assert not run.folder.exists()
 
 
 def test_a_missing_recbole_interpreter_names_the_setup_script(tmp_path):

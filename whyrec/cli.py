@@ -96,18 +96,24 @@ def train(
     epochs: int = typer.Option(2, min=1, help="Most ranker epochs; training stops early when validation NDCG@10 stops improving."),
     negatives: int = typer.Option(7, min=1, help="Hard negatives per positive in the ranker's listwise loss, from the retrieval candidates."),
     groups_per_epoch: int = typer.Option(1000, min=1, help="Training groups (one held-out next item each) sampled per ranker epoch."),
+    budget_minutes: float = typer.Option(
+        14.0, "--budget-minutes", min=0.0,
+        help="Wall-clock budget for the whole command: ranker epochs that would overrun it are cut short or skipped (the report says so). 0 = no budget.",
+    ),
     as_json: bool = JsonOption,
 ):
     """Train on the data's interactions: the sequence model, the retrieval fusion weights, then the BERT ranker.
 
     The best checkpoints are saved in the cache and reused by every other command."""
+    started = time.time()
     from whyrec.pipeline import embedding_retriever, load_data
     from whyrec.pipeline import train as run_training
     from whyrec.ranker import TrainConfig
 
     settings = _settings(data)
     catalog = load_data(settings)
-    config = TrainConfig(epochs=epochs, negatives=negatives, max_groups_per_epoch=groups_per_epoch)
+    deadline = started + budget_minutes * 60 if budget_minutes > 0 else None
+    config = TrainConfig(epochs=epochs, negatives=negatives, max_groups_per_epoch=groups_per_epoch, deadline=deadline)
     summary = run_training(settings, catalog, embedding_retriever(settings, catalog), config)
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2))
@@ -115,7 +121,8 @@ def train(
     report = summary.ranker
     print(f"trained in {summary.seconds:.0f}s. sequence model: val NDCG@10 {summary.sequence_model['valid_ndcg@10']:.4f}; "
           f"candidates: val recall@50 {summary.candidate_recall50_valid:.4f}; ranker: best epoch {report.best_epoch}, "
-          f"val NDCG@10 {report.best_val_ndcg10:.4f} (retrieval order: {report.baseline_val_ndcg10:.4f}); checkpoint: {report.checkpoint}")
+          f"val NDCG@10 {report.best_val_ndcg10:.4f} (retrieval order: {report.baseline_val_ndcg10:.4f}); checkpoint: {report.checkpoint}"
+          + (f"; the time budget cut the ranker's training at {report.groups_trained} groups" if report.stopped_by_deadline else ""))
 
 
 @app.command("train-feedback")
@@ -157,6 +164,9 @@ def eval_ranker(
     seed: int = typer.Option(0, help="Seed of the shopper sample."),
     skip_sasrec: bool = typer.Option(False, "--skip-sasrec", help="Leave out the RecBole SASRec baseline (it trains for several minutes)."),
     sasrec_epochs: Optional[int] = typer.Option(None, min=1, help="Fixed SASRec epochs instead of early stopping (for quick runs)."),
+    sasrec_threads: Optional[int] = typer.Option(
+        None, min=1, help="CPU threads for SASRec, which trains while whyrec's methods are scored; whyrec keeps the rest. Default: half the cores."
+    ),
     diversity: float = typer.Option(0.0, min=0.0, max=1.0, help="MMR weight for the whyrec slate (0 = the ranker's order)."),
     as_json: bool = JsonOption,
 ):
@@ -166,7 +176,7 @@ def eval_ranker(
     trained first if the cache has none for this data."""
     from whyrec.evaluation import evaluate
     from whyrec.pipeline import build_retriever, load_data, load_models
-    from whyrec.sasrec_baseline import find_recbole_python, sasrec_metrics
+    from whyrec.sasrec_baseline import find_recbole_python, start_sasrec
     from whyrec.split import leave_one_out
 
     settings = _settings(data)
@@ -174,7 +184,13 @@ def eval_ranker(
     sasrec = None
     if not skip_sasrec:
         python = find_recbole_python(settings.recbole_python)
-        sasrec = lambda user_ids: sasrec_metrics(catalog, user_ids, python, seed=seed, epochs=sasrec_epochs)  # noqa: E731
+        import torch
+
+        # The two run side by side; splitting the cores beats both oversubscribing them.
+        cores = torch.get_num_threads()
+        threads = min(sasrec_threads or max(1, cores // 2), cores)
+        torch.set_num_threads(max(1, cores - threads))
+        sasrec = lambda user_ids: start_sasrec(catalog, user_ids, python, seed=seed, epochs=sasrec_epochs, threads=threads)  # noqa: E731
     served, ranker = load_models(settings, catalog)
     # Co-occurrence counts for the evaluation come from the histories only, never a test target.
     retriever = build_retriever(settings, catalog, served.embedding, sequences=[c.history for c in leave_one_out(catalog).test])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import sys
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -21,7 +21,10 @@ from whyrec.metrics import mean, ndcg_at, recall_at, reciprocal_rank
 from whyrec.ranker import CrossEncoderRanker, diversify
 from whyrec.retrieval.fusion import FusedRetriever
 from whyrec.schema import Candidate
-from whyrec.split import leave_one_out
+from whyrec.split import Case, leave_one_out
+
+if TYPE_CHECKING:
+    from whyrec.sasrec_baseline import SasrecRun
 
 CHUNK = 256  # shoppers whose retrieval scores are computed together
 METRIC_KEYS = ("ndcg@10", "recall@10", "recall@50", "mrr")
@@ -73,11 +76,12 @@ def evaluate(
     users: int | None = None,
     seed: int = 0,
     diversity: float = 0.0,
-    sasrec: Callable[[list[str]], dict[str, float]] | None = None,
+    sasrec: Callable[[list[str]], "SasrecRun"] | None = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> dict:
     """`retriever`'s co-occurrence must be counted on the test histories (see module doc);
-    `sasrec` maps the evaluated shoppers' ids to its metrics on them."""
+    `sasrec` starts SASRec on the evaluated shoppers' ids; it trains while the other methods are
+    scored, and its metrics join the report at the end."""
     split = leave_one_out(catalog)
     cases = split.test
     if users is not None and users < len(cases):
@@ -93,6 +97,51 @@ def evaluate(
     ranks: dict[str, list[float | None]] = {m: [] for m in methods}
     slates: list[list[str]] = []
     log(f"evaluating {len(cases)} shoppers on {catalog.name} ({len(ids)} items)")
+    sasrec_run = sasrec([c.user_id for c in cases]) if sasrec is not None else None
+    try:
+        _score(catalog, retriever, ranker, cases, popularity, rerank, diversity, ranks, slates)
+    except BaseException:
+        if sasrec_run is not None:
+            sasrec_run.stop()
+        raise
+
+    results = {name: Metrics.from_ranks(r).to_dict() for name, r in ranks.items()}
+    if sasrec_run is not None:
+        sasrec_result = sasrec_run.result()
+        results["sasrec"] = {key: round(sasrec_result[key], 5) for key in METRIC_KEYS}
+    index = retriever.index
+    return {
+        "protocol": PROTOCOL.format(n=rerank),
+        "data": catalog.name,
+        "users": len(cases),
+        "methods": results,
+        "candidates": {
+            "source": "fused: text embedding + item co-occurrence + sequence model",
+            "weights": asdict(retriever.weights),
+            "recall@50": round(mean([recall_at(r, 50) for r in ranks["fused_retrieval"]]), 5),
+            "recall@100": round(mean([recall_at(r, 100) for r in ranks["fused_retrieval"]]), 5),
+        },
+        "diversity": {
+            "mmr_weight": diversity,
+            "intra_list_diversity@10": round(mean([_intra_list_diversity([index.vector(i) for i in s]) for s in slates]), 5),
+            "catalog_coverage@10": round(len({i for s in slates for i in s}) / len(ids), 5),
+        },
+    }
+
+
+def _score(
+    catalog: Catalog,
+    retriever: FusedRetriever,
+    ranker: CrossEncoderRanker,
+    cases: list[Case],
+    popularity: np.ndarray,
+    rerank: int,
+    diversity: float,
+    ranks: dict[str, list[float | None]],
+    slates: list[list[str]],
+) -> None:
+    """Append each case's rank under every whyrec-side method to `ranks`, and its top 10 to `slates`."""
+    ids, position = retriever.item_ids, retriever.position
     bar = tqdm(total=len(cases), desc="eval", unit="shopper", file=sys.stderr, dynamic_ncols=True)
     for start in range(0, len(cases), CHUNK):
         chunk = cases[start : start + CHUNK]
@@ -120,28 +169,6 @@ def evaluate(
             ranks["whyrec"].append(order.index(case.target) + 1 if case.target in order else fused_rank)
         bar.update(len(chunk))
     bar.close()
-
-    results = {name: Metrics.from_ranks(r).to_dict() for name, r in ranks.items()}
-    if sasrec is not None:
-        results["sasrec"] = {key: round(sasrec_result[key], 5) for key in METRIC_KEYS} if (sasrec_result := sasrec([c.user_id for c in cases])) else {}
-    index = retriever.index
-    return {
-        "protocol": PROTOCOL.format(n=rerank),
-        "data": catalog.name,
-        "users": len(cases),
-        "methods": results,
-        "candidates": {
-            "source": "fused: text embedding + item co-occurrence + sequence model",
-            "weights": asdict(retriever.weights),
-            "recall@50": round(mean([recall_at(r, 50) for r in ranks["fused_retrieval"]]), 5),
-            "recall@100": round(mean([recall_at(r, 100) for r in ranks["fused_retrieval"]]), 5),
-        },
-        "diversity": {
-            "mmr_weight": diversity,
-            "intra_list_diversity@10": round(mean([_intra_list_diversity([index.vector(i) for i in s]) for s in slates]), 5),
-            "catalog_coverage@10": round(len({i for s in slates for i in s}) / len(ids), 5),
-        },
-    }
 
 
 def _intra_list_diversity(vectors: list[np.ndarray]) -> float:

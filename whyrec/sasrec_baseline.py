@@ -3,7 +3,8 @@
 RecBole needs numpy<2 and pandas<3, so it lives in its own virtualenv (``bash
 scripts/setup-recbole.sh`` makes ``.venv-recbole``) and runs as a subprocess: this module writes
 each shopper's sequence to a temp folder, runs ``recbole_sasrec.py`` (beside this file) under that
-venv's Python and reads back its metrics. The protocol is whyrec.evaluation's: last item = target,
+venv's Python and reads back its metrics. It runs beside the caller (`start_sasrec`), so an
+evaluation scores its own methods while SASRec trains. The protocol is whyrec.evaluation's: last item = target,
 full catalog, the shopper's history items excluded, ties count half.
 """
 
@@ -15,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +57,100 @@ def find_recbole_python(configured: str | None = None) -> str:
     raise ConfigError("no Python with RecBole found (tried: " + ", ".join(candidates) + "); " + SETUP_HINT + ", or set WHYREC_RECBOLE_PYTHON")
 
 
+class SasrecRun:
+    """One RecBole SASRec training, running in a subprocess from the moment it is made, so the caller
+    can score its own methods meanwhile. `result()` waits for it; `stop()` ends it early. Use
+    `start_sasrec` to make one."""
+
+    def __init__(self, command: list[str], folder: tempfile.TemporaryDirectory, log: Callable[[str], None]):
+        self._folder = folder
+        self.folder = Path(folder.name)  # inputs, RecBole's files and the result; removed when the run ends
+        self._out = self.folder / "result.json"
+        self._tail: collections.deque[str] = collections.deque(maxlen=40)
+        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "PYTHONUNBUFFERED": "1"}
+        try:
+            self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=folder.name)
+        except OSError as exc:
+            folder.cleanup()
+            raise ConfigError(f"cannot run {command[0]}: {exc}; " + SETUP_HINT) from None
+        # A thread drains the log so the subprocess never blocks on a full pipe.
+        self._reader = threading.Thread(target=self._read_log, args=(log,), daemon=True)
+        self._reader.start()
+
+    def _read_log(self, log: Callable[[str], None]) -> None:
+        assert self._process.stderr is not None
+        for line in self._process.stderr:
+            line = line.rstrip("\n")
+            self._tail.append(line)
+            log(line)
+
+    @property
+    def running(self) -> bool:
+        return self._process.poll() is None
+
+    def result(self) -> dict[str, float]:
+        try:
+            code = self._process.wait()
+            self._reader.join()
+            if code != 0 or not self._out.exists():
+                raise WhyrecError(f"SASRec baseline failed (exit code {code}); last lines of its log:\n" + "\n".join(self._tail))
+            return json.loads(self._out.read_text(encoding="utf-8"))
+        finally:
+            self.stop()  # interrupted while waiting: the subprocess must not outlive the caller
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._reader.join(timeout=30)
+        self._folder.cleanup()
+
+
+def start_sasrec(
+    catalog: Catalog,
+    eval_user_ids: list[str],
+    python: str,
+    seed: int = 0,
+    epochs: int | None = None,
+    log: Callable[[str], None] = _stderr_log,
+    threads: int | None = None,
+) -> SasrecRun:
+    """Start training SASRec on every shopper's sequence (RecBole's leave-one-out split: the last two
+    items are held out, early stopping on the second-last); it then refits for the best epoch count
+    on everything but the last item (as whyrec's own sequence model is) and scores `eval_user_ids` on
+    their last item. The run's `result()` holds "ndcg@10", "recall@10", "recall@50", "mrr" of the
+    refit model, plus "users", "train_seconds", "best_valid_ndcg@10", "epochs_run", "best_epoch",
+    "refit_seconds", the early-stopped model's figures under "early_stopped_*" and RecBole's own
+    (history not excluded) test figures under "recbole_unmasked_*"."""
+    known = set(catalog.users)
+    missing = [u for u in eval_user_ids if u not in known]
+    if missing:
+        raise WhyrecError(f"SASRec baseline: {len(missing)} eval users are not in {catalog.name}, e.g. {missing[:3]}")
+    tmp = tempfile.TemporaryDirectory(prefix="whyrec-sasrec-")
+    folder = Path(tmp.name)
+    (folder / "sequences.json").write_text(json.dumps({u: catalog.sequence(u) for u in catalog.users}), encoding="utf-8")
+    (folder / "users.json").write_text(json.dumps(list(eval_user_ids)), encoding="utf-8")
+    command = [
+        python, str(SCRIPT),
+        "--sequences", str(folder / "sequences.json"),
+        "--eval-users", str(folder / "users.json"),
+        "--out", str(folder / "result.json"),
+        "--seed", str(seed),
+        "--workdir", str(folder / "recbole"),
+    ]  # fmt: skip
+    if epochs is not None:
+        command += ["--epochs", str(epochs)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    log(f"SASRec baseline: training RecBole SASRec on {len(catalog.users)} shoppers ({python}"
+        + (f", {threads} threads" if threads else "") + ")")
+    return SasrecRun(command, tmp, log)
+
+
 def sasrec_metrics(
     catalog: Catalog,
     eval_user_ids: list[str],
@@ -64,46 +160,5 @@ def sasrec_metrics(
     log: Callable[[str], None] = _stderr_log,
     threads: int | None = None,
 ) -> dict[str, float]:
-    """Train SASRec on every shopper's sequence (RecBole's leave-one-out split: the last two items are
-    held out, early stopping on the second-last), refit it for the best epoch count on everything but
-    the last item (as whyrec's own sequence model is), and score `eval_user_ids` on their last item.
-    Returns "ndcg@10", "recall@10", "recall@50", "mrr" of the refit model, plus "users",
-    "train_seconds", "best_valid_ndcg@10", "epochs_run", "best_epoch", "refit_seconds", the
-    early-stopped model's figures under "early_stopped_*" and RecBole's own (history not excluded)
-    test figures under "recbole_unmasked_*"."""
-    missing = [u for u in eval_user_ids if u not in set(catalog.users)]
-    if missing:
-        raise WhyrecError(f"SASRec baseline: {len(missing)} eval users are not in {catalog.name}, e.g. {missing[:3]}")
-    with tempfile.TemporaryDirectory(prefix="whyrec-sasrec-") as tmp:
-        folder = Path(tmp)
-        (folder / "sequences.json").write_text(json.dumps({u: catalog.sequence(u) for u in catalog.users}), encoding="utf-8")
-        (folder / "users.json").write_text(json.dumps(list(eval_user_ids)), encoding="utf-8")
-        out = folder / "result.json"
-        command = [
-            python, str(SCRIPT),
-            "--sequences", str(folder / "sequences.json"),
-            "--eval-users", str(folder / "users.json"),
-            "--out", str(out),
-            "--seed", str(seed),
-            "--workdir", str(folder / "recbole"),
-        ]  # fmt: skip
-        if epochs is not None:
-            command += ["--epochs", str(epochs)]
-        if threads is not None:
-            command += ["--threads", str(threads)]
-        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "PYTHONUNBUFFERED": "1"}
-        log(f"SASRec baseline: training RecBole SASRec on {len(catalog.users)} shoppers ({python})")
-        tail: collections.deque[str] = collections.deque(maxlen=40)
-        try:
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp)
-        except OSError as exc:
-            raise ConfigError(f"cannot run {python}: {exc}; " + SETUP_HINT) from None
-        assert process.stderr is not None
-        for line in process.stderr:
-            line = line.rstrip("\n")
-            tail.append(line)
-            log(line)
-        code = process.wait()
-        if code != 0 or not out.exists():
-            raise WhyrecError(f"SASRec baseline failed (exit code {code}); last lines of its log:\n" + "\n".join(tail))
-        return json.loads(out.read_text(encoding="utf-8"))
+    """`start_sasrec(...).result()`: train SASRec and wait for its metrics."""
+    return start_sasrec(catalog, eval_user_ids, python, seed=seed, epochs=epochs, log=log, threads=threads).result()
