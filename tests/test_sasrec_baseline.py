@@ -12,7 +12,7 @@ import pytest
 
 from whyrec.catalog import Catalog, Interaction, Item
 from whyrec.errors import ConfigError, WhyrecError
-from whyrec.sasrec_baseline import find_recbole_python, sasrec_metrics, start_sasrec
+from whyrec.sasrec_baseline import find_recbole_python, start_sasrec
 
 N_ITEMS = 60
 
@@ -48,7 +48,7 @@ def cyclic_catalog(users: int = 300, seed: int = 0) -> Catalog:
 def test_sasrec_refit_on_the_validation_items_learns_a_deterministic_sequence(recbole_python):
     catalog = cyclic_catalog()
     eval_users = catalog.users[:100]
-    result = sasrec_metrics(catalog, eval_users, recbole_python, seed=0, epochs=5, threads=1, log=lambda m: None)
+    result = start_sasrec(catalog, eval_users, recbole_python, seed=0, epochs=5, threads=1, log=lambda m: None).result()
     # Chance is about 10 / (60 - 7 history items) = 0.19 for recall@10.
     assert result["users"] == 100
     assert result["recall@10"] >= 0.8
@@ -84,6 +84,6 @@ def test_a_failing_baseline_run_reports_the_end_of_its_log():
     # whyrec's own interpreter has no RecBole: the script starts, fails on the import, and says why.
     catalog = cyclic_catalog(users=10)
     with pytest.raises(WhyrecError) as raised:
-        sasrec_metrics(catalog, catalog.users[:3], sys.executable, epochs=1, log=lambda m: None)
+        start_sasrec(catalog, catalog.users[:3], sys.executable, epochs=1, log=lambda m: None).result()
     assert "SASRec baseline failed" in str(raised.value)
     assert "recbole" in str(raised.value)

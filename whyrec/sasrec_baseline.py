@@ -150,15 +150,3 @@ def start_sasrec(
         + (f", {threads} threads" if threads else "") + ")")
     return SasrecRun(command, tmp, log)
 
-
-def sasrec_metrics(
-    catalog: Catalog,
-    eval_user_ids: list[str],
-    python: str,
-    seed: int = 0,
-    epochs: int | None = None,
-    log: Callable[[str], None] = _stderr_log,
-    threads: int | None = None,
-) -> dict[str, float]:
-    """`start_sasrec(...).result()`: train SASRec and wait for its metrics."""
-    return start_sasrec(catalog, eval_user_ids, python, seed=seed, epochs=epochs, log=log, threads=threads).result()
