@@ -136,8 +136,7 @@ def train_ranker(
     _save_retrieval_order(ranker, out_dir, {"best_epoch": 0, "val_ndcg10": baseline, **(metadata or {})})
     report.best_epoch, report.best_val_ndcg10 = 0, baseline
     best, stale = baseline, 0
-    val_pairs = sum(len(candidates) for _, candidates in val_slates)
-    val_seconds: float | None = None  # measured by the first validation
+    val_seconds = _validation_seconds(ranker, catalog, val_slates) if config.deadline is not None else 0.0
     step_seconds = _RunningMean()
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.time()
@@ -148,11 +147,7 @@ def train_ranker(
         bar = tqdm(steps, desc=f"epoch {epoch}/{config.epochs}", unit="step", file=sys.stderr, dynamic_ncols=True)
         for step in bar:
             if config.deadline is not None and step_seconds.count:
-                # Before the first validation its cost is unknown: a forward pass costs about a third
-                # of a training step per pair; count half to stay on the safe side.
-                pair_seconds = step_seconds.mean / (config.groups_per_step * (config.negatives + 1))
-                needed = val_seconds if val_seconds is not None else val_pairs * pair_seconds / 2
-                if time.time() + step_seconds.mean + needed > config.deadline:
+                if time.time() + step_seconds.mean + val_seconds > config.deadline:
                     report.stopped_by_deadline = True
                     break
             step_start = time.time()
@@ -203,6 +198,14 @@ def train_ranker(
         log("no epoch beat the retrieval order on validation: the saved ranker keeps the retrieval order")
     report.seconds = time.time() - started
     return report
+
+
+def _validation_seconds(ranker: CrossEncoderRanker, catalog: Catalog, slates: list[tuple[Case, list[Candidate]]], probe: int = 8) -> float:
+    """What one validation pass will cost, from timing it on a few of the slates it scores."""
+    scored = [(case, candidates) for case, candidates in slates if case.target in {c.item_id for c in candidates}]
+    started = time.time()
+    _val_ndcg(ranker, catalog, scored[:probe])
+    return (time.time() - started) * len(scored) / max(1, min(probe, len(scored)))
 
 
 def _save_retrieval_order(ranker: CrossEncoderRanker, out_dir: Path, metadata: dict) -> None:
