@@ -78,20 +78,6 @@ class TrainReport:
         return asdict(self)
 
 
-@dataclass
-class _RunningMean:
-    total: float = 0.0
-    count: int = 0
-
-    def add(self, value: float) -> None:
-        self.total += value
-        self.count += 1
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.count
-
-
 @dataclass(frozen=True)
 class _Group:
     history: list[str]
@@ -137,7 +123,7 @@ def train_ranker(
     report.best_epoch, report.best_val_ndcg10 = 0, baseline
     best, stale = baseline, 0
     val_seconds = _validation_seconds(ranker, catalog, val_slates) if config.deadline is not None else 0.0
-    step_seconds = _RunningMean()
+    step_seconds, steps_done = 0.0, 0  # over all epochs, for the deadline
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.time()
         sample = rng.sample(groups, min(len(groups), config.max_groups_per_epoch))
@@ -146,8 +132,8 @@ def train_ranker(
         ranker.model.train()
         bar = tqdm(steps, desc=f"epoch {epoch}/{config.epochs}", unit="step", file=sys.stderr, dynamic_ncols=True)
         for step in bar:
-            if config.deadline is not None and step_seconds.count:
-                if time.time() + step_seconds.mean + val_seconds > config.deadline:
+            if config.deadline is not None and steps_done:
+                if time.time() + step_seconds / steps_done + val_seconds > config.deadline:
                     report.stopped_by_deadline = True
                     break
             step_start = time.time()
@@ -166,7 +152,7 @@ def train_ranker(
             optimizer.zero_grad()
             losses.append(loss.item())
             report.groups_trained += len(step)
-            step_seconds.add(time.time() - step_start)
+            step_seconds, steps_done = step_seconds + time.time() - step_start, steps_done + 1
             bar.set_postfix(loss=f"{mean(losses[-50:]):.3f}")
         bar.close()
         if not losses:  # the deadline left no room for another epoch
