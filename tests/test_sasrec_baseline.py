@@ -87,3 +87,17 @@ def test_a_failing_baseline_run_reports_the_end_of_its_log():
         start_sasrec(catalog, catalog.users[:3], sys.executable, epochs=1, log=lambda m: None).result()
     assert "SASRec baseline failed" in str(raised.value)
     assert "recbole" in str(raised.value)
+
+
+@pytest.mark.integration
+def test_a_cached_result_is_reused_only_for_the_same_inputs(recbole_python, tmp_path):
+    catalog = cyclic_catalog(users=60)
+    first = start_sasrec(catalog, catalog.users[:20], recbole_python, epochs=2, threads=1, log=lambda m: None, cache_dir=tmp_path).result()
+    again = start_sasrec(catalog, catalog.users[:20], recbole_python, epochs=2, threads=1, log=lambda m: None, cache_dir=tmp_path)
+    assert not again.running
+    assert again.result()["ndcg@10"] == first["ndcg@10"]
+    assert again.result()["reused_from"].startswith(str(tmp_path))
+    # Other evaluated shoppers are another experiment: it trains afresh.
+    other = start_sasrec(catalog, catalog.users[:10], recbole_python, epochs=2, threads=1, log=lambda m: None, cache_dir=tmp_path)
+    assert other.running
+    other.stop()

@@ -167,13 +167,15 @@ def eval_ranker(
     sasrec_threads: Optional[int] = typer.Option(
         None, min=1, help="CPU threads for SASRec, which trains while whyrec's methods are scored; whyrec keeps the rest. Default: half the cores."
     ),
+    retrain_sasrec: bool = typer.Option(False, "--retrain-sasrec", help="Train SASRec again even if the cache holds its result for these inputs."),
     diversity: float = typer.Option(0.0, min=0.0, max=1.0, help="MMR weight for the whyrec slate (0 = the ranker's order)."),
     as_json: bool = JsonOption,
 ):
     """Leave-one-out, full-catalog ranking: whyrec vs popularity, embedding, co-occurrence and RecBole SASRec.
 
-    SASRec runs in its own virtualenv (scripts/setup-recbole.sh); the ranker and sequence model are
-    trained first if the cache has none for this data."""
+    SASRec runs in its own virtualenv (scripts/setup-recbole.sh); its result is cached by its inputs
+    and reused by the next run (`whyrec eval sasrec` trains it ahead). The ranker and sequence model
+    are trained first if the cache has none for this data."""
     from whyrec.evaluation import evaluate
     from whyrec.pipeline import build_retriever, load_data, load_models
     from whyrec.sasrec_baseline import find_recbole_python, start_sasrec
@@ -190,7 +192,8 @@ def eval_ranker(
         cores = torch.get_num_threads()
         threads = min(sasrec_threads or max(1, cores // 2), cores)
         torch.set_num_threads(max(1, cores - threads))
-        sasrec = lambda user_ids: start_sasrec(catalog, user_ids, python, seed=seed, epochs=sasrec_epochs, threads=threads)  # noqa: E731
+        cache_dir = None if retrain_sasrec else settings.cache_dir
+        sasrec = lambda user_ids: start_sasrec(catalog, user_ids, python, seed=seed, epochs=sasrec_epochs, threads=threads, cache_dir=cache_dir)  # noqa: E731
     served, ranker = load_models(settings, catalog)
     # Co-occurrence counts for the evaluation come from the histories only, never a test target.
     retriever = build_retriever(settings, catalog, served.embedding, sequences=[c.history for c in leave_one_out(catalog).test])
@@ -203,6 +206,37 @@ def eval_ranker(
     for name, m in report["methods"].items():
         print(f"{name:<16}{m['ndcg@10']:>9.4f}{m['recall@10']:>8.4f}{m['recall@50']:>8.4f}{m['mrr']:>8.4f}")
     print(f"candidates: {report['candidates']}; diversity: {report['diversity']}")
+
+
+@eval_app.command("sasrec")
+def eval_sasrec(
+    data: Optional[Path] = DataOption,
+    users: Optional[int] = typer.Option(None, min=1, help="The same shopper sample as `eval ranker --users N`; default all."),
+    seed: int = typer.Option(0, help="Seed of the shopper sample and of SASRec's training."),
+    sasrec_epochs: Optional[int] = typer.Option(None, min=1, help="Fixed SASRec epochs instead of early stopping (for quick runs)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for SASRec. Default: torch's choice."),
+    as_json: bool = JsonOption,
+):
+    """Train the RecBole SASRec baseline alone and cache its result, for `eval ranker` with the same
+    data, --users, --seed and --sasrec-epochs to reuse.
+
+    SASRec trains for hours on a 2-core machine; this starts it ahead, e.g. while `whyrec train` runs.
+    A result already cached for these inputs is printed without training again."""
+    from whyrec.evaluation import evaluated_cases
+    from whyrec.pipeline import load_data
+    from whyrec.sasrec_baseline import find_recbole_python, start_sasrec
+    from whyrec.split import leave_one_out
+
+    settings = _settings(data)
+    catalog = load_data(settings)
+    python = find_recbole_python(settings.recbole_python)
+    user_ids = [c.user_id for c in evaluated_cases(leave_one_out(catalog).test, users, seed)]
+    result = start_sasrec(catalog, user_ids, python, seed=seed, epochs=sasrec_epochs, threads=threads, cache_dir=settings.cache_dir).result()
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"SASRec on {result['users']} shoppers of {catalog.name}: NDCG@10 {result['ndcg@10']:.4f}, Recall@10 {result['recall@10']:.4f}, "
+          f"Recall@50 {result['recall@50']:.4f}, MRR {result['mrr']:.4f} (cached for `whyrec eval ranker`)")
 
 
 @eval_app.command("explanations")

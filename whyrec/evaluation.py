@@ -24,10 +24,12 @@ from whyrec.schema import Candidate
 from whyrec.split import Case, leave_one_out
 
 if TYPE_CHECKING:
-    from whyrec.sasrec_baseline import SasrecRun
+    from whyrec.sasrec_baseline import ReusedSasrecRun, SasrecRun
 
 CHUNK = 256  # shoppers whose retrieval scores are computed together
 METRIC_KEYS = ("ndcg@10", "recall@10", "recall@50", "mrr")
+# How SASRec's figures came about, reported beside them; "reused_from" names a cached result.
+SASREC_RUN_KEYS = ("epochs_run", "best_epoch", "train_seconds", "refit_seconds", "reused_from")
 
 PROTOCOL = (
     "leave-one-out: last item of each shopper = target, all earlier items = history; "
@@ -68,6 +70,13 @@ def rank_in(scores: np.ndarray, target: int, excluded: list[int]) -> float:
     return 1 + higher + ties / 2
 
 
+def evaluated_cases(cases: list[Case], users: int | None, seed: int) -> list[Case]:
+    """The shoppers an evaluation scores: all of them, or a fixed sample of `users` drawn with `seed`."""
+    if users is None or users >= len(cases):
+        return cases
+    return random.Random(seed).sample(sorted(cases, key=lambda c: c.user_id), users)
+
+
 def evaluate(
     catalog: Catalog,
     retriever: FusedRetriever,
@@ -76,16 +85,14 @@ def evaluate(
     users: int | None = None,
     seed: int = 0,
     diversity: float = 0.0,
-    sasrec: Callable[[list[str]], "SasrecRun"] | None = None,
+    sasrec: Callable[[list[str]], "SasrecRun | ReusedSasrecRun"] | None = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> dict:
     """`retriever`'s co-occurrence must be counted on the test histories (see module doc);
-    `sasrec` starts SASRec on the evaluated shoppers' ids; it trains while the other methods are
-    scored, and its metrics join the report at the end."""
+    `sasrec` starts SASRec on the evaluated shoppers' ids (or reuses its cached result); it trains
+    while the other methods are scored, and its metrics join the report at the end."""
     split = leave_one_out(catalog)
-    cases = split.test
-    if users is not None and users < len(cases):
-        cases = random.Random(seed).sample(sorted(cases, key=lambda c: c.user_id), users)
+    cases = evaluated_cases(split.test, users, seed)
     ids, position = retriever.item_ids, retriever.position
 
     popularity = np.zeros(len(ids))
@@ -106,9 +113,11 @@ def evaluate(
         raise
 
     results = {name: Metrics.from_ranks(r).to_dict() for name, r in ranks.items()}
+    sasrec_training = {}
     if sasrec_run is not None:
         sasrec_result = sasrec_run.result()
         results["sasrec"] = {key: round(sasrec_result[key], 5) for key in METRIC_KEYS}
+        sasrec_training = {k: sasrec_result[k] for k in SASREC_RUN_KEYS if k in sasrec_result}
     index = retriever.index
     return {
         "protocol": PROTOCOL.format(n=rerank),
@@ -126,6 +135,7 @@ def evaluate(
             "intra_list_diversity@10": round(mean([_intra_list_diversity([index.vector(i) for i in s]) for s in slates]), 5),
             "catalog_coverage@10": round(len({i for s in slates for i in s}) / len(ids), 5),
         },
+        **({"sasrec_training": sasrec_training} if sasrec_training else {}),
     }
 
 

@@ -6,13 +6,19 @@ each shopper's sequence to a temp folder, runs ``recbole_sasrec.py`` (beside thi
 venv's Python and reads back its metrics. It runs beside the caller (`start_sasrec`), so an
 evaluation scores its own methods while SASRec trains. The protocol is whyrec.evaluation's: last item = target,
 full catalog, the shopper's history items excluded, ties count half.
+
+A finished run's result is kept in the cache, keyed by everything that decides it (every shopper's
+sequence, the evaluated shoppers, seed, epochs and the script itself), so a second evaluation of the
+same data reuses it instead of training SASRec again for hours; `whyrec eval sasrec` fills it ahead.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -62,10 +68,11 @@ class SasrecRun:
     can score its own methods meanwhile. `result()` waits for it; `stop()` ends it early. Use
     `start_sasrec` to make one."""
 
-    def __init__(self, command: list[str], folder: tempfile.TemporaryDirectory, log: Callable[[str], None]):
+    def __init__(self, command: list[str], folder: tempfile.TemporaryDirectory, log: Callable[[str], None], cache: Path | None = None):
         self._folder = folder
         self.folder = Path(folder.name)  # inputs, RecBole's files and the result; removed when the run ends
         self._out = self.folder / "result.json"
+        self._cache = cache
         self._tail: collections.deque[str] = collections.deque(maxlen=40)
         env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "PYTHONUNBUFFERED": "1"}
         try:
@@ -94,7 +101,13 @@ class SasrecRun:
             self._reader.join()
             if code != 0 or not self._out.exists():
                 raise WhyrecError(f"SASRec baseline failed (exit code {code}); last lines of its log:\n" + "\n".join(self._tail))
-            return json.loads(self._out.read_text(encoding="utf-8"))
+            result = json.loads(self._out.read_text(encoding="utf-8"))
+            if self._cache is not None:
+                self._cache.parent.mkdir(parents=True, exist_ok=True)
+                partial = self._cache.with_suffix(".partial")
+                partial.write_text(json.dumps(result, indent=1), encoding="utf-8")
+                partial.replace(self._cache)  # a reader never sees half a result
+            return result
         finally:
             self.stop()  # interrupted while waiting: the subprocess must not outlive the caller
 
@@ -110,6 +123,28 @@ class SasrecRun:
         self._folder.cleanup()
 
 
+class ReusedSasrecRun:
+    """A SASRec result taken from the cache: already finished, nothing to stop."""
+
+    running = False
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._result = {**json.loads(path.read_text(encoding="utf-8")), "reused_from": str(path)}
+
+    def result(self) -> dict[str, float]:
+        return self._result
+
+    def stop(self) -> None:
+        pass
+
+
+def _cache_key(sequences: dict[str, list[str]], eval_user_ids: list[str], seed: int, epochs: int | None) -> str:
+    digest = hashlib.sha256(json.dumps([sequences, list(eval_user_ids), seed, epochs], sort_keys=True).encode())
+    digest.update(SCRIPT.read_bytes())
+    return digest.hexdigest()[:24]
+
+
 def start_sasrec(
     catalog: Catalog,
     eval_user_ids: list[str],
@@ -118,21 +153,32 @@ def start_sasrec(
     epochs: int | None = None,
     log: Callable[[str], None] = _stderr_log,
     threads: int | None = None,
-) -> SasrecRun:
+    cache_dir: Path | None = None,
+) -> SasrecRun | ReusedSasrecRun:
     """Start training SASRec on every shopper's sequence (RecBole's leave-one-out split: the last two
     items are held out, early stopping on the second-last); it then refits for the best epoch count
     on everything but the last item (as whyrec's own sequence model is) and scores `eval_user_ids` on
     their last item. The run's `result()` holds "ndcg@10", "recall@10", "recall@50", "mrr" of the
     refit model, plus "users", "train_seconds", "best_valid_ndcg@10", "epochs_run", "best_epoch",
     "refit_seconds", the early-stopped model's figures under "early_stopped_*" and RecBole's own
-    (history not excluded) test figures under "recbole_unmasked_*"."""
+    (history not excluded) test figures under "recbole_unmasked_*".
+
+    With `cache_dir`, a result cached there for the same inputs is reused (its "reused_from" names
+    the file) and a new one is saved there when it finishes. The thread count is not part of the key:
+    it changes only the order of float sums, not what is trained."""
     known = set(catalog.users)
     missing = [u for u in eval_user_ids if u not in known]
     if missing:
         raise WhyrecError(f"SASRec baseline: {len(missing)} eval users are not in {catalog.name}, e.g. {missing[:3]}")
+    sequences = {u: catalog.sequence(u) for u in catalog.users}
+    name = re.sub(r"[^\w.-]", "_", catalog.name)
+    cache = cache_dir / "sasrec" / f"{name}-{_cache_key(sequences, eval_user_ids, seed, epochs)}.json" if cache_dir else None
+    if cache is not None and cache.exists():
+        log(f"SASRec baseline: reusing the result of an earlier run on the same sequences, shoppers and seed ({cache})")
+        return ReusedSasrecRun(cache)
     tmp = tempfile.TemporaryDirectory(prefix="whyrec-sasrec-")
     folder = Path(tmp.name)
-    (folder / "sequences.json").write_text(json.dumps({u: catalog.sequence(u) for u in catalog.users}), encoding="utf-8")
+    (folder / "sequences.json").write_text(json.dumps(sequences), encoding="utf-8")
     (folder / "users.json").write_text(json.dumps(list(eval_user_ids)), encoding="utf-8")
     command = [
         python, str(SCRIPT),
@@ -148,5 +194,5 @@ def start_sasrec(
         command += ["--threads", str(threads)]
     log(f"SASRec baseline: training RecBole SASRec on {len(catalog.users)} shoppers ({python}"
         + (f", {threads} threads" if threads else "") + ")")
-    return SasrecRun(command, tmp, log)
+    return SasrecRun(command, tmp, log, cache)
 
