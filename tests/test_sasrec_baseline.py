@@ -3,8 +3,10 @@
 The training test is skipped when no RecBole venv is found, unless WHYREC_REQUIRE_RECBOLE=1 (as in
 scripts/test.sh and CI), where a missing RecBole fails the run instead."""
 
+import json
 import os
 import random
+import subprocess
 import sys
 import time
 
@@ -12,7 +14,8 @@ import pytest
 
 from whyrec.catalog import Catalog, Interaction, Item
 from whyrec.errors import ConfigError, WhyrecError
-from whyrec.sasrec_baseline import find_recbole_python, start_sasrec
+from whyrec.sasrec_baseline import SasrecRun, find_recbole_python, start_sasrec
+from whyrec.split import leave_one_out
 
 N_ITEMS = 60
 
@@ -101,3 +104,38 @@ def test_a_cached_result_is_reused_only_for_the_same_inputs(recbole_python, tmp_
     other = start_sasrec(catalog, catalog.users[:10], recbole_python, epochs=2, threads=1, log=lambda m: None, cache_dir=tmp_path)
     assert other.running
     other.stop()
+
+
+@pytest.mark.integration
+def test_an_evaluation_waits_for_the_sasrec_run_another_process_is_training_on_the_same_inputs(recbole_python, office_slice, slice_catalog, tmp_path):
+    # `whyrec eval sasrec` started ahead; an evaluation of the same shoppers must use its result, not train twice.
+    env = {**os.environ, "WHYREC_CACHE_DIR": str(tmp_path), "WHYREC_RECBOLE_PYTHON": recbole_python}
+    ahead = subprocess.Popen(
+        [sys.executable, "-m", "whyrec.cli", "eval", "sasrec", "--data", str(office_slice), "--sasrec-epochs", "2", "--threads", "1", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("sasrec/*.training")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    users = [c.user_id for c in leave_one_out(slice_catalog).test]  # eval sasrec without --users: every shopper
+    lines: list[str] = []
+    run = start_sasrec(slice_catalog, users, recbole_python, epochs=2, threads=1, log=lines.append, cache_dir=tmp_path)
+    assert not isinstance(run, SasrecRun) and run.running
+    assert any(str(ahead.pid) in line for line in lines)
+    waited = run.result()
+    out, _ = ahead.communicate(timeout=300)
+    assert ahead.returncode == 0
+    assert waited["ndcg@10"] == json.loads(out)["ndcg@10"] and waited["users"] == len(users)
+
+
+def test_a_claim_left_by_a_process_that_is_gone_does_not_block_a_new_run(tmp_path):
+    catalog = cyclic_catalog(users=10)
+    first = start_sasrec(catalog, catalog.users[:3], sys.executable, epochs=1, log=lambda m: None, cache_dir=tmp_path)
+    (claim,) = tmp_path.glob("sasrec/*.training")
+    first.stop()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    claim.write_text(str(gone.pid))  # as a run killed before it could remove its claim leaves it
+    second = start_sasrec(catalog, catalog.users[:3], sys.executable, epochs=1, log=lambda m: None, cache_dir=tmp_path)
+    assert isinstance(second, SasrecRun)
+    second.stop()

@@ -167,7 +167,7 @@ def eval_ranker(
     sasrec_threads: Optional[int] = typer.Option(
         None, min=1, help="CPU threads for SASRec, which trains while whyrec's methods are scored; whyrec keeps the rest. Default: half the cores."
     ),
-    retrain_sasrec: bool = typer.Option(False, "--retrain-sasrec", help="Train SASRec again even if the cache holds its result for these inputs."),
+    retrain_sasrec: bool = typer.Option(False, "--retrain-sasrec", help="Train SASRec again instead of reusing its cached result for these inputs (the new result replaces it)."),
     diversity: float = typer.Option(0.0, min=0.0, max=1.0, help="MMR weight for the whyrec slate (0 = the ranker's order)."),
     as_json: bool = JsonOption,
 ):
@@ -176,6 +176,8 @@ def eval_ranker(
     SASRec runs in its own virtualenv (scripts/setup-recbole.sh); its result is cached by its inputs
     and reused by the next run (`whyrec eval sasrec` trains it ahead). The ranker and sequence model
     are trained first if the cache has none for this data."""
+    import torch
+
     from whyrec.evaluation import evaluate
     from whyrec.pipeline import build_retriever, load_data, load_models
     from whyrec.sasrec_baseline import find_recbole_python, start_sasrec
@@ -184,20 +186,21 @@ def eval_ranker(
     settings = _settings(data)
     catalog = load_data(settings)
     sasrec = None
+    cores = torch.get_num_threads()
     if not skip_sasrec:
         python = find_recbole_python(settings.recbole_python)
-        import torch
-
         # Each gains only ~1.4-1.5x from a second core, so side by side on split cores ends sooner than one after the other.
-        cores = torch.get_num_threads()
         threads = min(sasrec_threads or max(1, cores // 2), cores)
         torch.set_num_threads(max(1, cores - threads))
-        cache_dir = None if retrain_sasrec else settings.cache_dir
-        sasrec = lambda user_ids: start_sasrec(catalog, user_ids, python, seed=seed, epochs=sasrec_epochs, threads=threads, cache_dir=cache_dir)  # noqa: E731
+        sasrec = lambda user_ids: start_sasrec(  # noqa: E731
+            catalog, user_ids, python, seed=seed, epochs=sasrec_epochs, threads=threads, cache_dir=settings.cache_dir, reuse=not retrain_sasrec
+        )
     served, ranker = load_models(settings, catalog)
     # Co-occurrence counts for the evaluation come from the histories only, never a test target.
     retriever = build_retriever(settings, catalog, served.embedding, sequences=[c.history for c in leave_one_out(catalog).test])
-    report = evaluate(catalog, retriever, ranker, rerank=settings.candidates, users=users, seed=seed, diversity=diversity, sasrec=sasrec)
+    report = evaluate(
+        catalog, retriever, ranker, rerank=settings.candidates, users=users, seed=seed, diversity=diversity, sasrec=sasrec, threads_alone=cores
+    )
     if as_json:
         print(json.dumps(report, indent=2))
         return

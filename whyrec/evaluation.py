@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from whyrec.catalog import Catalog
@@ -86,11 +87,13 @@ def evaluate(
     seed: int = 0,
     diversity: float = 0.0,
     sasrec: Callable[[list[str]], "SasrecRun | ReusedSasrecRun"] | None = None,
+    threads_alone: int | None = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> dict:
     """`retriever`'s co-occurrence must be counted on the test histories (see module doc);
     `sasrec` starts SASRec on the evaluated shoppers' ids (or reuses its cached result); it trains
-    while the other methods are scored, and its metrics join the report at the end."""
+    while the other methods are scored, and its metrics join the report at the end. Once it is not
+    (or no longer) training, scoring runs on `threads_alone` torch threads."""
     split = leave_one_out(catalog)
     cases = evaluated_cases(split.test, users, seed)
     ids, position = retriever.item_ids, retriever.position
@@ -105,8 +108,14 @@ def evaluate(
     slates: list[list[str]] = []
     log(f"evaluating {len(cases)} shoppers on {catalog.name} ({len(ids)} items)")
     sasrec_run = sasrec([c.user_id for c in cases]) if sasrec is not None else None
+
+    def reclaim_threads() -> None:
+        if threads_alone and torch.get_num_threads() != threads_alone and not (sasrec_run is not None and sasrec_run.running):
+            log(f"SASRec is not training: scoring on {threads_alone} threads")
+            torch.set_num_threads(threads_alone)
+
     try:
-        _score(catalog, retriever, ranker, cases, popularity, rerank, diversity, ranks, slates)
+        _score(catalog, retriever, ranker, cases, popularity, rerank, diversity, ranks, slates, reclaim_threads)
     except BaseException:
         if sasrec_run is not None:
             sasrec_run.stop()
@@ -149,11 +158,13 @@ def _score(
     diversity: float,
     ranks: dict[str, list[float | None]],
     slates: list[list[str]],
+    between_chunks: Callable[[], None],
 ) -> None:
     """Append each case's rank under every whyrec-side method to `ranks`, and its top 10 to `slates`."""
     ids, position = retriever.item_ids, retriever.position
     bar = tqdm(total=len(cases), desc="eval", unit="shopper", file=sys.stderr, dynamic_ncols=True)
     for start in range(0, len(cases), CHUNK):
+        between_chunks()
         chunk = cases[start : start + CHUNK]
         scores = retriever.source_scores([c.history for c in chunk])
         fused_ranks, candidate_lists = [], []

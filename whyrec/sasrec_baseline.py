@@ -10,6 +10,8 @@ full catalog, the shopper's history items excluded, ties count half.
 A finished run's result is kept in the cache, keyed by everything that decides it (every shopper's
 sequence, the evaluated shoppers, seed, epochs and the script itself), so a second evaluation of the
 same data reuses it instead of training SASRec again for hours; `whyrec eval sasrec` fills it ahead.
+While a run trains, a claim file beside its future result names its process, so an evaluation of
+the same inputs started meanwhile waits for that result instead of training a second SASRec.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,6 +76,7 @@ class SasrecRun:
         self.folder = Path(folder.name)  # inputs, RecBole's files and the result; removed when the run ends
         self._out = self.folder / "result.json"
         self._cache = cache
+        self._claim = _claim_path(cache) if cache is not None else None
         self._tail: collections.deque[str] = collections.deque(maxlen=40)
         env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "PYTHONUNBUFFERED": "1"}
         try:
@@ -83,6 +87,9 @@ class SasrecRun:
         # A thread drains the log so the subprocess never blocks on a full pipe.
         self._reader = threading.Thread(target=self._read_log, args=(log,), daemon=True)
         self._reader.start()
+        if self._claim is not None:  # another evaluation of the same inputs waits for this one
+            self._claim.parent.mkdir(parents=True, exist_ok=True)
+            self._claim.write_text(str(os.getpid()), encoding="utf-8")
 
     def _read_log(self, log: Callable[[str], None]) -> None:
         assert self._process.stderr is not None
@@ -121,22 +128,56 @@ class SasrecRun:
                 self._process.wait()
         self._reader.join(timeout=30)
         self._folder.cleanup()
+        if self._claim is not None:
+            self._claim.unlink(missing_ok=True)
 
 
 class ReusedSasrecRun:
-    """A SASRec result taken from the cache: already finished, nothing to stop."""
+    """A SASRec result from the cache: there already, or still being trained on the same inputs by
+    another process (`owner`), whose result `result()` then waits for. Nothing of its own to stop."""
 
-    running = False
+    def __init__(self, path: Path, owner: int | None = None, poll_seconds: float = 5.0):
+        self.path, self.owner, self._poll = path, owner, poll_seconds
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._result = {**json.loads(path.read_text(encoding="utf-8")), "reused_from": str(path)}
+    @property
+    def running(self) -> bool:
+        return not self.path.exists() and self.owner is not None and _alive(self.owner)
 
     def result(self) -> dict[str, float]:
-        return self._result
+        while not self.path.exists():
+            if self.owner is None or not _alive(self.owner):
+                raise WhyrecError(
+                    f"the SASRec run this evaluation waited for (process {self.owner}) ended without a result in {self.path}; "
+                    "run the evaluation again to train SASRec itself"
+                )
+            time.sleep(self._poll)
+        return {**json.loads(self.path.read_text(encoding="utf-8")), "reused_from": str(self.path)}
 
     def stop(self) -> None:
         pass
+
+
+def _claim_path(cache: Path) -> Path:
+    return cache.with_suffix(".training")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _training_owner(claim: Path) -> int | None:
+    """The process still training SASRec on these inputs, or None (no claim, or its process is gone)."""
+    try:
+        pid = int(claim.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return pid if pid != os.getpid() and _alive(pid) else None
 
 
 def _cache_key(sequences: dict[str, list[str]], eval_user_ids: list[str], seed: int, epochs: int | None) -> str:
@@ -154,6 +195,7 @@ def start_sasrec(
     log: Callable[[str], None] = _stderr_log,
     threads: int | None = None,
     cache_dir: Path | None = None,
+    reuse: bool = True,
 ) -> SasrecRun | ReusedSasrecRun:
     """Start training SASRec on every shopper's sequence (RecBole's leave-one-out split: the last two
     items are held out, early stopping on the second-last); it then refits for the best epoch count
@@ -164,7 +206,8 @@ def start_sasrec(
     (history not excluded) test figures under "recbole_unmasked_*".
 
     With `cache_dir`, a result cached there for the same inputs is reused (its "reused_from" names
-    the file) and a new one is saved there when it finishes. The thread count is not part of the key:
+    the file), one that another process is still training is waited for, and a new one is saved
+    there when it finishes; `reuse=False` trains afresh and replaces the cached result. The thread count is not part of the key:
     it changes only the order of float sums, not what is trained."""
     known = set(catalog.users)
     missing = [u for u in eval_user_ids if u not in known]
@@ -173,9 +216,13 @@ def start_sasrec(
     sequences = {u: catalog.sequence(u) for u in catalog.users}
     name = re.sub(r"[^\w.-]", "_", catalog.name)
     cache = cache_dir / "sasrec" / f"{name}-{_cache_key(sequences, eval_user_ids, seed, epochs)}.json" if cache_dir else None
-    if cache is not None and cache.exists():
+    if reuse and cache is not None and cache.exists():
         log(f"SASRec baseline: reusing the result of an earlier run on the same sequences, shoppers and seed ({cache})")
         return ReusedSasrecRun(cache)
+    owner = _training_owner(_claim_path(cache)) if reuse and cache is not None else None
+    if owner is not None:
+        log(f"SASRec baseline: process {owner} is already training it on the same inputs; its result ({cache}) will be used")
+        return ReusedSasrecRun(cache, owner)
     tmp = tempfile.TemporaryDirectory(prefix="whyrec-sasrec-")
     folder = Path(tmp.name)
     (folder / "sequences.json").write_text(json.dumps(sequences), encoding="utf-8")
