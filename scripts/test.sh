@@ -4,13 +4,10 @@
 # (e.g. -m "not integration" for the fast part).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The four setups write to different places (.venv, .venv-vllm, .venv-recbole, Debian packages), so they run side by side.
-pids=()
-bash scripts/setup-vllm.sh & pids+=($!)
-bash scripts/setup-recbole.sh & pids+=($!)
-bash scripts/setup-system.sh & pids+=($!)
 bash scripts/setup.sh
-for pid in "${pids[@]}"; do wait "$pid"; done
+bash scripts/setup-vllm.sh
+bash scripts/setup-recbole.sh
+bash scripts/setup-system.sh
 export OMP_WAIT_POLICY=PASSIVE GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1
 export WHYREC_VLLM_PYTHON="$PWD/.venv-vllm/bin/python" WHYREC_REQUIRE_VLLM=1
 export WHYREC_RECBOLE_PYTHON="$PWD/.venv-recbole/bin/python" WHYREC_REQUIRE_RECBOLE=1
