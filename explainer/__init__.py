@@ -2,8 +2,9 @@
 
 from whyrec.explainer.backends import TransformersChatModel, make_chat_model
 from whyrec.explainer.explainer import Explainer
-from whyrec.explainer.facts import build_fact_table, template_sentence
+from whyrec.explainer.facts import build_fact_table, cold_start_fact_table
 from whyrec.explainer.grounding import GroundingVerdict, check_grounding
+from whyrec.explainer.reasons import checked_template, one_fact_sentence, template_sentence
 from whyrec.explainer.templates import PromptTemplateSpec, load_template
 
 __all__ = [
@@ -12,8 +13,11 @@ __all__ = [
     "PromptTemplateSpec",
     "TransformersChatModel",
     "build_fact_table",
+    "checked_template",
+    "cold_start_fact_table",
     "check_grounding",
     "load_template",
     "make_chat_model",
+    "one_fact_sentence",
     "template_sentence",
 ]

@@ -14,7 +14,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from whyrec.explainer.cache import ExplanationCache, cache_key
-from whyrec.explainer.facts import template_sentence
+from whyrec.explainer.reasons import checked_template
 from whyrec.explainer.grounding import check_grounding, cited_facts
 from whyrec.explainer.parsing import ExplanationParser, ParsedAnswer
 from whyrec.explainer.templates import PromptTemplateSpec
@@ -167,7 +167,7 @@ class Explainer:
                 fallback = FallbackReason.LLM_DEADLINE_EXCEEDED
             elif not attempts:
                 attempts.append(Attempt("", "", False, f"{_PHRASES[FallbackReason.LLM_UNAVAILABLE]}: the generator gave no answer"))
-            text, facts = template_sentence(table)
+            text, facts = checked_template(table)
             explanations.append(
                 Explanation(text, ExplanationSource.TEMPLATE, False, facts, self.template.label, self.model_name, tuple(attempts), fallback)
             )
@@ -182,6 +182,9 @@ class Explainer:
             reason = f"{_PHRASES[fallback]}: {type(raw).__name__}: {str(raw)[:200]}"
             return None, Attempt(raw_output="", text="", passed=False, reason=reason), fallback
         answer = self.parser.parse(raw)
+        if answer.cut_off:
+            attempt = Attempt(raw_output=raw, text=answer.text, passed=False, reason="is cut off: the answer stops inside its text (the token limit)")
+            return answer, attempt, FallbackReason.UNGROUNDED
         if not re.search(r"\w", answer.text):
             reason = f"{_PHRASES[FallbackReason.LLM_OUTPUT_UNPARSEABLE]}: no sentence in the answer"
             return answer, Attempt(raw_output=raw, text="", passed=False, reason=reason), FallbackReason.LLM_OUTPUT_UNPARSEABLE

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 
+from typing import Iterable
+
 from whyrec.catalog import EventKind, Item
-from whyrec.schema import Fact, FactKind, FactTable, RankedItem
+from whyrec.schema import NEXT_RANK_LIMIT, Evidence, Fact, FactKind, FactTable, RankedItem
 
 MAX_ATTRIBUTES = 4
 MAX_HISTORY_FACTS = 2
 PHRASE_CHARS = 160
 
-_PAST_TENSE = {
+PAST_TENSE = {
     EventKind.PURCHASE: "bought",
     EventKind.CART: "added to your cart",
     EventKind.CLICK: "clicked on",
@@ -106,52 +108,73 @@ def build_fact_table(
     item: Item,
     ranked: RankedItem,
     history: list[tuple[Item, EventKind]],
+    evidence: Iterable[Evidence] = (),
 ) -> FactTable:
-    """`history` holds the shopper's recent items with the strongest event for each."""
+    """`history` holds the shopper's recent items (oldest first) with the strongest event for each;
+    `evidence` what other shoppers did that ties a history item to this item (retrieval's counts)."""
     facts: list[Fact] = []
 
-    def add(kind: FactKind, text: str, value: str = "", about_history: bool = False) -> None:
-        facts.append(Fact(f"F{len(facts) + 1}", kind, one_line(text), one_line(value), about_history))
+    def add(kind: FactKind, text: str, value: str = "", **subjects) -> None:
+        facts.append(Fact(f"F{len(facts) + 1}", kind, one_line(text), one_line(value), **subjects))
 
     by_id = {h.item_id: (h, kind) for h, kind in history}
-    drivers = [a for a in ranked.attributions if a.contribution > 0 and a.history_item_id in by_id][:MAX_HISTORY_FACTS]
+    position = {h.item_id: len(history) - i for i, (h, _) in enumerate(history)}  # 1 = the most recent
+    ties = {e.history_item_id: e for e in evidence if e.item_id == item.item_id}
+    raised = [a.history_item_id for a in ranked.attributions if a.contribution > 0 and a.history_item_id in by_id]
+    drivers = [a for a in ranked.attributions if a.history_item_id in raised[:MAX_HISTORY_FACTS]]
     # With no history item raising the score on its own, cite the one retrieval matched.
-    driver_ids = [a.history_item_id for a in drivers] or [i for i in ranked.matched_history if i in by_id][:1]
+    driver_ids = raised[:MAX_HISTORY_FACTS] or [i for i in ranked.matched_history if i in by_id][:1]
+    # A reason a person can follow needs a relation; when the drivers have none, the history item
+    # with one that also raised the score (or led retrieval to the item) is cited beside them.
+    if not any(_has_relation(item, by_id[h][0], ties.get(h)) for h in driver_ids):
+        related = [h for h in dict.fromkeys([*raised, *ranked.matched_history]) if h in by_id and h not in driver_ids]
+        driver_ids += [h for h in related if _has_relation(item, by_id[h][0], ties.get(h))][:1]
 
     # A variant of a history item (8 vs 24 pack) shortens to the same name: then both keep full titles.
     names = {item.item_id: short_title(item), **{i: short_title(by_id[i][0]) for i in driver_ids}}
     if len(set(names.values())) < len(names):
         names = {item.item_id: item.title, **{i: by_id[i][0].title for i in driver_ids}}
 
-    add(FactKind.ITEM_TITLE, f'The recommended item is "{names[item.item_id]}".', names[item.item_id])
+    own = {"item_id": item.item_id}
+    add(FactKind.ITEM_TITLE, f'The recommended item is "{names[item.item_id]}".', names[item.item_id], attribute="title", **own)
     if item.brand:
-        add(FactKind.ITEM_BRAND, f"It is made by {item.brand}.", item.brand)
+        add(FactKind.ITEM_BRAND, f"It is made by {item.brand}.", item.brand, attribute="brand", **own)
     if item.category:
-        add(FactKind.ITEM_CATEGORY, f"It is in the category {item.category}.", item.category)
+        add(FactKind.ITEM_CATEGORY, f"It is in the category {item.category}.", item.category, attribute="category", **own)
     if item.price is not None:
-        add(FactKind.ITEM_PRICE, f"It costs {item.price:.2f}.", f"{item.price:.2f}")
+        add(FactKind.ITEM_PRICE, f"It costs {item.price:.2f}.", f"{item.price:.2f}", attribute="price", **own)
     for key, value in list(item.attributes.items())[:MAX_ATTRIBUTES]:
         label = key.replace("_", " ")
-        add(FactKind.ITEM_ATTRIBUTE, f"Its {label} is {value}.", f"{label} {value}")
+        add(FactKind.ITEM_ATTRIBUTE, f"Its {label} is {value}.", f"{label} {value}", attribute=key, **own)
     # A double quote in the phrase would close the quotes it sits in.
     phrase = description_phrase(item).replace('"', "'")
     if phrase:
-        add(FactKind.ITEM_PHRASE, f'The seller describes it as: "{phrase}"', phrase)
+        add(FactKind.ITEM_PHRASE, f'The seller describes it as: "{phrase}"', phrase, attribute="phrase", **own)
 
     for history_id in driver_ids:
         h, kind = by_id[history_id]
         name = names[history_id]
-        add(FactKind.HISTORY_ITEM, f'You {_PAST_TENSE[kind]} "{name}".', name, about_history=True)
+        pair = {"item_id": item.item_id, "history_item_id": history_id}
+        add(FactKind.HISTORY_ITEM, f'You {PAST_TENSE[kind]} "{name}".', name, history_item_id=history_id, event=kind, position=position[history_id])
         if item.brand and h.brand and item.brand.lower() == h.brand.lower():
-            add(FactKind.SHARED_BRAND, f'Like "{name}", it is made by {item.brand}.', item.brand, about_history=True)
+            add(FactKind.SHARED_BRAND, f'Like "{name}", it is made by {item.brand}.', item.brand, **pair)
         shared_category = shared_category_name(item, h)
         if shared_category:
-            add(FactKind.SHARED_CATEGORY, f'Like "{name}", it is in the category {shared_category}.', shared_category, about_history=True)
+            add(FactKind.SHARED_CATEGORY, f'Like "{name}", it is in the category {shared_category}.', shared_category, **pair)
         use = shared_use_words(item, h)
         if use:
-            add(FactKind.SHARED_USE, f'Like "{name}", it is one of the {use} products.', use, about_history=True)
+            add(FactKind.SHARED_USE, f'Like "{name}", it is one of the {use} products.', use, **pair)
+        tie = ties.get(history_id)
+        if tie is not None and tie.bought_after > 0:
+            n = tie.bought_after
+            add(FactKind.BOUGHT_TOGETHER, f'{_shoppers(n)} who bought "{name}" went on to buy it.', str(n), event=EventKind.PURCHASE, count=n, **pair)
+        if tie is not None and tie.viewed_after > tie.bought_after:
+            n = tie.viewed_after
+            add(FactKind.VIEWED_TOGETHER, f'{_shoppers(n)} who looked at "{name}" went on to look at it too.', str(n), event=EventKind.VIEW, count=n, **pair)
+        if tie is not None and tie.next_rank is not None:
+            add(FactKind.OFTEN_NEXT, f'After "{name}", it is among the {NEXT_RANK_LIMIT} items shoppers are most likely to pick next.', str(NEXT_RANK_LIMIT), rank=tie.next_rank, **pair)
 
-    add(FactKind.RANK, f"It is ranked #{ranked.rank} of {ranked.candidates_scored} candidates for you.", str(ranked.rank))
+    add(FactKind.RANK, f"It is ranked #{ranked.rank} of {ranked.candidates_scored} candidates for you.", str(ranked.rank), rank=ranked.rank, **own)
     for attribution in drivers[:1]:
         name = names[attribution.history_item_id]
         if attribution.rank_without is not None and attribution.rank_without > ranked.rank:
@@ -159,9 +182,25 @@ def build_fact_table(
                 FactKind.COUNTERFACTUAL,
                 f'Without "{name}" in your history it would rank #{attribution.rank_without} instead of #{ranked.rank}.',
                 str(attribution.rank_without),
-                about_history=True,
+                item_id=item.item_id,
+                history_item_id=attribution.history_item_id,
+                rank=ranked.rank,
+                rank_without=attribution.rank_without,
             )
     return FactTable(user_id, item.item_id, tuple(facts))
+
+
+def _shoppers(n: int) -> str:
+    return f"{n} other shopper" if n == 1 else f"{n} other shoppers"
+
+
+def _has_relation(item: Item, history_item: Item, tie: Evidence | None) -> bool:
+    """The item and the history item share a brand, category or use, or other shoppers tie them."""
+    if item.brand and history_item.brand and item.brand.lower() == history_item.brand.lower():
+        return True
+    if shared_category_name(item, history_item) or shared_use_words(item, history_item):
+        return True
+    return tie is not None and (tie.bought_after > 0 or tie.viewed_after > 0 or tie.next_rank is not None)
 
 
 def cold_start_fact_table(user_id: str, item: Item, ranked: RankedItem, shoppers: int, total_shoppers: int, first_seen: str | None) -> FactTable:
@@ -171,36 +210,7 @@ def cold_start_fact_table(user_id: str, item: Item, ranked: RankedItem, shoppers
     facts = list(table.facts)
     if first_seen is not None:
         text = f"It is new in this shop: first seen on {first_seen}."
-        facts.append(Fact(f"F{len(facts) + 1}", FactKind.NEW_ITEM, text, first_seen))
+        facts.append(Fact(f"F{len(facts) + 1}", FactKind.NEW_ITEM, text, first_seen, item_id=item.item_id))
     text = f"It is popular with shoppers in this shop: {shoppers} of {total_shoppers} shoppers bought or looked at it."
-    facts.append(Fact(f"F{len(facts) + 1}", FactKind.POPULAR, text, str(shoppers)))
+    facts.append(Fact(f"F{len(facts) + 1}", FactKind.POPULAR, text, str(shoppers), item_id=item.item_id, count=shoppers))
     return FactTable(user_id, item.item_id, tuple(facts))
-
-
-def template_sentence(table: FactTable) -> tuple[str, tuple[Fact, ...]]:
-    """A deterministic sentence built only from the facts, and the facts it uses."""
-    kinds: dict[FactKind, Fact] = {}
-    for fact in table.facts:
-        kinds.setdefault(fact.kind, fact)
-    history = kinds.get(FactKind.HISTORY_ITEM)
-    new, popular, category = kinds.get(FactKind.NEW_ITEM), kinds.get(FactKind.POPULAR), kinds.get(FactKind.ITEM_CATEGORY)
-    if history is None and new is not None:
-        return (f"New in {category.value}.", (new, category)) if category else ("New in this shop.", (new,))
-    if history is None and popular is not None:
-        return "Popular with shoppers in this shop.", (popular,)
-    if history is None:
-        category = kinds.get(FactKind.ITEM_CATEGORY)
-        if category:
-            return f"Suggested from your recent activity in {category.value}.", (category,)
-        return "Suggested from your recent activity.", ()
-    # "You bought "X"." -> "Because you bought "X""
-    sentence = "Because you " + history.text[len("You ") :].rstrip(".")
-    used = [history]
-    shared_brand, shared_category = kinds.get(FactKind.SHARED_BRAND), kinds.get(FactKind.SHARED_CATEGORY)
-    if shared_brand:
-        sentence += f", another {shared_brand.value} product"
-        used.append(shared_brand)
-    elif shared_category:
-        sentence += f", something else in {shared_category.value}"
-        used.append(shared_category)
-    return sentence + ".", tuple(used)

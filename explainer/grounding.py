@@ -23,51 +23,31 @@ A paraphrase that uses a new word fails; that costs a template sentence, never a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from whyrec.schema import FactKind, FactTable
+from whyrec.explainer.lexicon import CLAUSE as _CLAUSE
+from whyrec.explainer.lexicon import CONNECTIVE_STEMS as _CONNECTIVE_STEMS
+from whyrec.explainer.lexicon import CONNECTIVES
+from whyrec.explainer.lexicon import EVENT_VERBS as _EVENT_VERBS
+from whyrec.explainer.lexicon import sentences as _sentences
+from whyrec.explainer.lexicon import content_stems as _content_stems
+from whyrec.explainer.lexicon import name_tokens as _name_tokens
+from whyrec.explainer.lexicon import norm as _norm
+from whyrec.explainer.lexicon import numbers as _numbers
+from whyrec.explainer.lexicon import stem as _stem
+from whyrec.explainer.lexicon import vocabulary as _vocabulary
+from whyrec.explainer.lexicon import words as _words
+from whyrec.explainer.claims import Claim, find_claims, first_problem
+from whyrec.explainer.lexicon import EVENT_WORDS
+from whyrec.schema import Fact, FactKind, FactTable
 
-# Words that carry no product claim: grammar, the framing of a recommendation and of a ranking.
-CONNECTIVES = frozenset(
-    """
-    a an the this that these those it its it's itself you your yours we our us i me my they them their
-    is are was were be been being has have had do does did
-    and or but so as because since if then than also too both either just only
-    to of in on at by for from with without into about after before like as
-    not no more most other another same similar similarly else something one ones
-    here there why how what which who when while
-    recommend recommended recommending recommendation suggest suggested suggesting suggestion picked pick
-    see seeing shown showing show saw try consider
-    bought buy buying purchased purchase purchases viewed view looked look looking clicked click
-    added add cart carted ordered order previously recently earlier before last past already
-    based history activity interest interests shopping
-    item items product products brand brands category categories made maker
-    may might could would will can should
-    matches match fits fit goes go pairs pair well together along
-    ranked rank ranks ranking instead candidates candidate place position
-    moved moves move lifts lift lifted raises raise raised drop drops dropped fall falls rise rises higher lower up down
-    says say said calls call called describes described describe seller
-    """.split()
-)
-
-_WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
 # A word, or one punctuation mark that ends a name (a comma, a colon, a bracket, a quote).
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’&.\-/#]*[A-Za-z0-9]|[A-Za-z0-9]|[,;:()\[\]\"“”!?]|\.(?=\s|$)")
 # Lower-case words that may sit inside a product name ("Binder with Extra Durable Hinge").
 _NAME_JOINERS = frozenset({"with", "and", "of", "for", "the", "in", "on", "&", "-", "x", "by"})
 # Where two separate names may meet inside one run ("Canon Matte Photo Paper and Canon 4x6 ...").
 _NAME_SPLITS = frozenset({"and", "in", "the", "by", "on"})
-_NUMBER = re.compile(r"\d+(?:[.,/]\d+)*")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_CLAUSE = re.compile(r"[,;:!?()]\s*|\s[-–—]\s")
 
-# Event verbs, mapped to the verb the history facts use for that event.
-_EVENT_VERBS = {
-    "bought": "bought", "purchased": "bought", "ordered": "bought", "buy": "bought",
-    "looked": "looked", "viewed": "looked",
-    "clicked": "clicked",
-    "added": "added", "carted": "added", "cart": "added",
-}
 _HISTORY_CONTEXT = frozenset(_EVENT_VERBS) | {"without", "history", "like"}
 # Words that start a description of the recommended item.
 _OFFER_WORDS = frozenset({"suggest", "suggested", "recommend", "here", "here's", "this", "these", "try", "consider"})
@@ -86,35 +66,31 @@ class GroundingVerdict:
     reason: str  # "ok", or what was unsupported
     unsupported: tuple[str, ...] = ()
     cites_history: bool = False
+    claims: tuple[Claim, ...] = ()  # every claim found in the text, with the fact that matches it (or why none does)
+
+    def to_dict(self, table: FactTable) -> dict:
+        """The verdict as `whyrec explainer check --json` prints it: each claim with its fact."""
+        facts = table.by_id()
+        return {
+            "passed": self.passed,
+            "reason": self.reason,
+            "claims": [
+                {"kind": c.kind, "words": c.words, "history_item_id": c.subject if c.subject in {f.history_item_id for f in table.facts} else None,
+                 "value": c.value, "matched": c.matched, "fact_id": c.fact_id, "fact_text": facts[c.fact_id].text if c.fact_id in facts else None,
+                 "problem": c.problem or None}
+                for c in self.claims
+            ],
+        }
 
 
-def _stem(word: str) -> str:
-    """Plural and possessive folding, enough to match "lamps" to "lamp" and "boxes" to "box"."""
-    word = word.replace("’", "'").removesuffix("'s")
-    if len(word) <= 3:
-        return word
-    if word.endswith("ies"):
-        return word[:-3] + "y"
-    if word.endswith(("ses", "xes", "zes", "ches", "shes")):
-        return word[:-2]
-    if word.endswith("s") and not word.endswith("ss"):
-        return word[:-1]
-    return word
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def _numbers(text: str) -> set[str]:
-    return {n.replace(",", "") for n in _NUMBER.findall(text)}
-
-
-_CONNECTIVE_STEMS = frozenset(_stem(w) for w in CONNECTIVES)
-
-
-def _vocabulary(texts: list[str]) -> set[str]:
-    return {_stem(w) for t in texts for w in _words(t)}
+# Last words that leave a sentence unfinished ("... because you bought the.").
+_DANGLING = frozenset("the a an and or of to in on for with by who which that your from at as but because so than is are was were its".split())
+# The shopper is "you": "the user enjoys ...", "this shopper bought ..." speak about them instead.
+_THIRD_PERSON = re.compile(
+    r"\b(?:the|this|that|our)\s+(?:user|shopper|customer|buyer|client)\b(?!s)|\buser['’]s\b"
+    r"|\b(?:he|she)\s+(?:bought|likes?|enjoys?|viewed|looked|prefers?|has|is|loves?)\b",
+    re.IGNORECASE,
+)
 
 
 class _Sides:
@@ -128,16 +104,19 @@ class _Sides:
         # Shared facts state something true of the item too (its brand, category, use); of the
         # counterfactual only the number is about the item.
         item_texts += [f.value for f in facts if f.kind in (FactKind.SHARED_BRAND, FactKind.SHARED_CATEGORY, FactKind.SHARED_USE, FactKind.COUNTERFACTUAL)]
+        # What other shoppers did next is said of the item ("shoppers pick this next"); the claim
+        # check ties it to its history item.
+        item_texts += [f.text for f in facts if f.kind in (FactKind.BOUGHT_TOGETHER, FactKind.VIEWED_TOGETHER, FactKind.OFTEN_NEXT)]
         self.item_text = " ".join(item_texts)
         self.item = _vocabulary(item_texts)
         self.item_numbers = _numbers(" ".join(f"{f.text} {f.value}" for f in facts if not f.about_history and f.kind is not FactKind.RANK))
-        history_texts = [f.value for f in facts if f.kind in (FactKind.HISTORY_ITEM, FactKind.SHARED_BRAND, FactKind.SHARED_USE)]
+        history_texts = [f.value for f in facts if f.kind in (FactKind.HISTORY_ITEM, FactKind.SHARED_BRAND, FactKind.SHARED_USE, FactKind.TASTE)]
         self.history_text = " ".join(history_texts)
         self.history = _vocabulary(history_texts)
         self.item_names = [_name_tokens(f.value) for f in facts if f.kind is FactKind.ITEM_TITLE]
         self.history_names = [_name_tokens(f.value) for f in facts if f.kind is FactKind.HISTORY_ITEM]
         # Each history item with the verb of its recorded event ("bought", "looked", ...).
-        self.history_events = [(_name_tokens(f.value), _event_verb(f.text)) for f in facts if f.kind is FactKind.HISTORY_ITEM]
+        self.history_events = [(_name_tokens(f.value), _event_verb(f)) for f in facts if f.kind is FactKind.HISTORY_ITEM]
         self.fact_names = [_name_tokens(f"{f.text} {f.value}") for f in facts]
         self.shared_brands = {_norm(f.value) for f in facts if f.kind is FactKind.SHARED_BRAND}
         self.item_brand = next((_norm(f.value) for f in facts if f.kind is FactKind.ITEM_BRAND), None)
@@ -151,12 +130,31 @@ class _Sides:
 
 
 def check_grounding(text: str, table: FactTable) -> GroundingVerdict:
+    """Passes only if the text is a whole sentence to the shopper, every word and name is in the
+    facts (rules 1-6 above) and every claim it makes matches one fact with the same subjects
+    (`whyrec.explainer.claims`)."""
     if not text.strip():
         return GroundingVerdict(False, "empty text")
     sides = _Sides(table)
     # With no history facts, the reason a shopper sees the item is its popularity or newness.
     no_history_reason = (sides.popular and "popular" in _words(text)) or (sides.new and "new" in _words(text))
     cites_history = _cites_history(text, table) or (no_history_reason and not table.history_facts())
+    claims = tuple(find_claims(text, table))
+    # "You bought the 6061 Aluminum Round Rod" names the history item even when the recommended
+    # item's title starts the same way: the recommended item is never one the shopper bought.
+    cites_history = cites_history or any(c.kind in ("history", "taste") and c.matched for c in claims)
+    verdict = _word_verdict(text, sides, cites_history)
+    if verdict is None:
+        problem = first_problem(list(claims))
+        verdict = GroundingVerdict(False, problem.problem, (problem.words,), cites_history) if problem else GroundingVerdict(True, "ok", (), True)
+    return replace(verdict, claims=claims)
+
+
+def _word_verdict(text: str, sides: _Sides, cites_history: bool) -> GroundingVerdict | None:
+    """The first word-level rule the text breaks, or None."""
+    form = _form_problem(text, sides)
+    if form:
+        return GroundingVerdict(False, form[0], form[1], cites_history)
 
     unsupported = [n for n in sorted(_numbers(text) - _numbers(sides.all_text))]
     for word in _words(text):
@@ -168,7 +166,7 @@ def check_grounding(text: str, table: FactTable) -> GroundingVerdict:
     if unsupported:
         return GroundingVerdict(False, "not in the facts: " + ", ".join(unsupported), tuple(unsupported), cites_history)
 
-    for sentence in _SENTENCE.split(text):
+    for sentence in _sentences(text):
         praise = [w for w in _words(sentence) if w in _PRAISE]
         if praise and "seller" not in _words(sentence):
             return GroundingVerdict(False, "praises the item: " + ", ".join(praise), tuple(praise), cites_history)
@@ -179,13 +177,33 @@ def check_grounding(text: str, table: FactTable) -> GroundingVerdict:
             return GroundingVerdict(False, problem[0], problem[1], cites_history)
     if not cites_history:
         return GroundingVerdict(False, "does not name anything from the shopper's history", (), False)
-    return GroundingVerdict(True, "ok", (), True)
+    return None
+
+
+def _form_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | None:
+    """A shown text is whole and speaks to the shopper: not cut off by the token limit, not about
+    "the user"."""
+    stripped = text.strip()
+    if not re.search(r"[.!?][\"'”’)\]]*$", stripped):
+        return "is cut off: it does not end a sentence", (stripped[-20:],)
+    if stripped.count('"') % 2 or stripped.count("“") != stripped.count("”"):
+        return "is cut off: a quoted name is not closed", (stripped[-20:],)
+    last = (_words(stripped) or [""])[-1]
+    if last in _DANGLING:
+        return f'is cut off: it stops after "{last}"', (last,)
+    if last and not last.isdigit() and _stem(last) not in sides.all and _stem(last) not in _CONNECTIVE_STEMS:
+        if any(w.startswith(last) and w != last for w in _words(sides.all_text)):
+            return f'is cut off mid-word: "{last}"', (last,)
+    third = _THIRD_PERSON.search(stripped)
+    if third:
+        return f'speaks of the shopper in the third person ("{third.group(0)}"), not to them', (third.group(0),)
+    return None
 
 
 def _offer_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | None:
     """Words describing the recommended item must come from facts about it, and a history item
     is not offered as the recommendation."""
-    for sentence in _SENTENCE.split(text):
+    for sentence in _sentences(text):
         offering = False
         for clause in _CLAUSE.split(sentence):
             words = _words(clause)
@@ -235,14 +253,19 @@ def _history_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | 
     """What the text says the shopper did must be what the history facts record."""
     for clause in _CLAUSE.split(text):
         words = _words(clause)
-        verbs = [w for w in words if w in _EVENT_VERBS]
+        # Other shoppers' verbs ("12 shoppers who bought it went on to buy this") are not the shopper's.
+        others = next((i for i, w in enumerate(words) if w in _OTHER_SHOPPERS), len(words))
+        verbs = [w for w in words[:others] if w in _EVENT_VERBS]
         if not verbs:
             continue
         for verb in verbs:
             if _EVENT_VERBS[verb] not in sides.event_verbs:
                 recorded = " / ".join(sorted(sides.event_verbs)) or "nothing"
                 return f'says the shopper {verb} something, but the history records: {recorded}', (verb,)
-        for name in _names(clause):
+        # Up to where the clause turns to the recommended item ("... you bought is why this X is here").
+        turn = re.search(r"\b(" + "|".join(sorted(_OFFER_WORDS)) + r")\b", clause[clause.lower().find(verbs[0]) :], re.IGNORECASE)
+        about_history = clause[: clause.lower().find(verbs[0]) + turn.start()] if turn else clause
+        for name in _names(about_history):
             tokens = _name_tokens(name)
             if any(_subsequence(tokens, i) for i in sides.item_names) and not any(_subsequence(tokens, h) for h in sides.history_names):
                 return f'says the shopper already has "{name}", the recommended item', (name,)
@@ -259,15 +282,20 @@ def _history_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | 
     return None
 
 
-def _event_verb(history_fact_text: str) -> str:
-    """The verb of a history fact ("You looked at ..." -> "looked")."""
-    return next((_EVENT_VERBS[w] for w in _words(history_fact_text)[:3] if w in _EVENT_VERBS), "bought")
+_OTHER_SHOPPERS = frozenset({"shopper", "shoppers", "customer", "customers", "people", "others", "who"})
+
+
+def _event_verb(fact: Fact) -> str:
+    """The verb of a history fact's event ("looked" for a view)."""
+    if fact.event is not None:
+        return _EVENT_VERBS[EVENT_WORDS[fact.event].split()[0]]
+    return next((_EVENT_VERBS[w] for w in _words(fact.text)[:3] if w in _EVENT_VERBS), "bought")
 
 
 def _rank_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | None:
     """"#A instead of #B" and "from #A to #B" must put the counterfactual and the rank the right way
     round, and be told of the history item the counterfactual is about and of the recommended item."""
-    for sentence in _SENTENCE.split(text):
+    for sentence in _sentences(text):
         if "#" in sentence:
             for name in _names(sentence):
                 tokens = _name_tokens(name)
@@ -305,7 +333,7 @@ def _cites_history(text: str, table: FactTable) -> bool:
         if fact.kind in (FactKind.ITEM_TITLE, FactKind.ITEM_BRAND):
             own |= _content_stems(fact.value)
     for fact in table.facts:
-        if fact.kind is not FactKind.HISTORY_ITEM:
+        if fact.kind not in (FactKind.HISTORY_ITEM, FactKind.TASTE):
             continue
         name = _content_stems(fact.value)
         distinctive = name - own or name
@@ -358,10 +386,6 @@ def _tokens_supported(tokens: list[str], fact_names: list[list[str]]) -> bool:
     )
 
 
-def _name_tokens(text: str) -> list[str]:
-    return [_stem(w) for w in re.findall(r"[a-z0-9]+", text.lower())]
-
-
 def _subsequence(needle: list[str], haystack: list[str]) -> bool:
     """needle's words occur in haystack in order, starting where its first word does."""
     if not needle:
@@ -373,14 +397,6 @@ def _subsequence(needle: list[str], haystack: list[str]) -> bool:
         if all(any(w == n for w in it) for n in needle[1:]):
             return True
     return False
-
-
-def _norm(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
-
-
-def _content_stems(text: str) -> set[str]:
-    return {_stem(w) for w in _words(text)} - _CONNECTIVE_STEMS
 
 
 def cited_facts(text: str, table: FactTable) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from whyrec.errors import ConfigError
 from whyrec.explainer.grounding import check_grounding
-from whyrec.schema import Fact, FactKind, FactTable
+from whyrec.schema import FactTable, fact_from_dict, fact_table_from_json
 
 # The set lives with the tests (tests/data/); a dev install reads it from the checkout.
 DEFAULT_LABELS = Path(__file__).resolve().parent.parent / "tests" / "data" / "grounding_labels.json"
@@ -30,6 +30,46 @@ class LabelledSentence:
     split: str = "dev"  # "dev": seen while writing the check's rules; "heldout": written after, never tuned on
 
 
+def read_fact_table(path: Path) -> FactTable:
+    """A fact table from a JSON file (`whyrec explainer check --facts`); errors name the file and field."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"no fact table file at {path}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    return fact_table_from_json(data, str(path))
+
+
+def read_texts(path: Path) -> list[tuple[str | None, str]]:
+    """(id, text) pairs from a JSONL file of JSON strings or {"text", "id"} objects."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"no texts file at {path}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
+    texts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+        if isinstance(row, str):
+            texts.append((None, row))
+        elif isinstance(row, dict) and isinstance(row.get("text"), str):
+            texts.append((str(row["id"]) if row.get("id") is not None else None, row["text"]))
+        else:
+            raise ConfigError(f"{path}, line {number}: field 'text' is missing or not a string (expected a JSON string or {{\"text\": ...}})")
+    if not texts:
+        raise ConfigError(f"{path}: no texts")
+    return texts
+
+
 def load_labelled_sentences(path: Path = DEFAULT_LABELS) -> list[LabelledSentence]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -39,11 +79,10 @@ def load_labelled_sentences(path: Path = DEFAULT_LABELS) -> list[LabelledSentenc
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
     tables = {}
     for i, t in enumerate(data.get("tables", [])):
-        try:
-            facts = tuple(Fact(f["id"], FactKind(f["kind"]), f["text"], f.get("value", ""), bool(f.get("about_history"))) for f in t["facts"])
-            tables[t["id"]] = FactTable(str(t["user_id"]), str(t["item_id"]), facts)
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ConfigError(f"{path}: tables[{i}] is malformed ({exc!r}); expected id, user_id, item_id and facts with id, kind, text") from None
+        if not isinstance(t, dict) or not all(k in t for k in ("id", "user_id", "item_id")) or not isinstance(t.get("facts"), list):
+            raise ConfigError(f"{path}: tables[{i}] needs id, user_id, item_id and a list of facts")
+        facts = tuple(fact_from_dict(f, f"{path}: tables[{i}].facts[{j}]") for j, f in enumerate(t["facts"]))
+        tables[t["id"]] = FactTable(str(t["user_id"]), str(t["item_id"]), facts)
     sentences = []
     for i, s in enumerate(data.get("sentences", [])):
         if not isinstance(s, dict) or s.get("table") not in tables or not isinstance(s.get("text"), str) or not isinstance(s.get("supported"), bool):

@@ -20,12 +20,13 @@ class ParsedAnswer:
     raw: str
     text: str
     fact_ids: tuple[str, ...]
+    cut_off: bool = False  # a JSON answer that stops inside its text (the token limit): never shown
 
 
 class ExplanationParser(BaseOutputParser[ParsedAnswer]):
     def parse(self, text: str) -> ParsedAnswer:
         raw = text
-        body, fact_ids = _from_json(text)
+        body, fact_ids, cut_off = _from_json(text)
         if body is None:
             body = text
             fact_ids = tuple(dict.fromkeys(_FACT_REF.findall(text)))
@@ -37,7 +38,7 @@ class ExplanationParser(BaseOutputParser[ParsedAnswer]):
         sentences = _SENTENCE_END.split(body)
         body = " ".join(sentences[:MAX_SENTENCES]).strip()
         body = re.sub(r"\s+([.,;:!?])", r"\1", re.sub(r"\(\s*\)", "", body))
-        return ParsedAnswer(raw=raw, text=" ".join(body.split()), fact_ids=fact_ids)
+        return ParsedAnswer(raw=raw, text=" ".join(body.split()), fact_ids=fact_ids, cut_off=cut_off)
 
     @property
     def _type(self) -> str:
@@ -49,7 +50,7 @@ class ExplanationParser(BaseOutputParser[ParsedAnswer]):
 _LOOSE_TEXT = re.compile(r'"text"\s*:\s*"(?P<text>.*?)"?\s*(?:,\s*"(?:facts|fact_ids)"|\}|$)', re.DOTALL)
 
 
-def _from_json(text: str) -> tuple[str | None, tuple[str, ...]]:
+def _from_json(text: str) -> tuple[str | None, tuple[str, ...], bool]:
     match = re.search(r"\{.*\}", text, re.DOTALL)
     if match:
         try:
@@ -60,9 +61,11 @@ def _from_json(text: str) -> tuple[str | None, tuple[str, ...]]:
             facts = data.get("facts") or data.get("fact_ids") or []
             if not isinstance(facts, list):
                 facts = [facts]
-            return data["text"], tuple(str(f) for f in facts if isinstance(f, (str, int)))
+            return data["text"], tuple(str(f) for f in facts if isinstance(f, (str, int))), False
     loose = _LOOSE_TEXT.search(text)
     if not loose:
-        return None, ()
+        return None, (), False
     rest = text[loose.end("text") :]
-    return loose.group("text").replace('\\"', '"'), tuple(dict.fromkeys(_FACT_REF.findall(rest)))
+    # No closing quote after the text: the answer ran out of tokens inside it.
+    cut_off = not rest.lstrip().startswith('"')
+    return loose.group("text").replace('\\"', '"'), tuple(dict.fromkeys(_FACT_REF.findall(rest))), cut_off

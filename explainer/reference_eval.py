@@ -1,7 +1,10 @@
 """Comparing explanations with reference explanations on cases independent of any catalog.
 
 A case file is JSONL, one case a line: {"id", "history": [text of an item or a summary of the
-shopper's taste, ...], "item": {"title", "attributes": {name: value}}, "reference": "..."}. The fact
+shopper's taste, ...], "item": {"title", "attributes": {name: value}}, "reference": "..."}. A history
+entry may also be {"text", "kind": "item" | "taste"}; a plain string that reads as a summary of the
+shopper ("Likes fountain pens", "Based on the user's reviews, ...") is a taste fact, never an item
+the shopper bought. The fact
 table is built from the row alone (no ranker), so explanations from other systems and data sets can
 be scored on the same cases: BLEU-4 (corpus, with add-one smoothing of higher orders), ROUGE-L (LCS
 F-measure, mean over cases) and BERTScore F1 computed with the MiniLM encoder available here
@@ -17,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from whyrec.catalog import EventKind
 from whyrec.errors import ConfigError
 from whyrec.schema import Fact, FactKind, FactTable
 
@@ -24,10 +28,29 @@ HISTORY_CHARS = 200
 BERTSCORE_LAYER = 6  # the last of all-MiniLM-L6-v2's six layers
 
 
+# How a summary of a shopper's taste starts or what it speaks of; an item title does neither.
+_TASTE = re.compile(
+    r"^\s*(likes?|loves?|enjoys?|prefers?|interested in|is into|into|fan of|a fan of|based on|this (user|shopper|customer)|the (user|shopper|customer))\b"
+    r"|\b(the|this) (user|shopper|customer)\b|\buser'?s\b|\breviews?\b",
+    re.IGNORECASE,
+)
+
+
+def is_taste_summary(text: str) -> bool:
+    """The history entry describes the shopper's taste rather than naming an item."""
+    return bool(_TASTE.search(text))
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    text: str
+    taste: bool  # a summary of the shopper's taste, not an item
+
+
 @dataclass(frozen=True)
 class ReferenceCase:
     case_id: str
-    history: tuple[str, ...]
+    history: tuple[HistoryEntry, ...]
     title: str
     attributes: tuple[tuple[str, str], ...]
     reference: str
@@ -58,26 +81,40 @@ def load_reference_cases(path: Path) -> list[ReferenceCase]:
         attributes = item.get("attributes") or {}
         if not isinstance(attributes, dict):
             raise ConfigError(f"{where}: field 'item.attributes' must be an object of name: value")
-        if not all(isinstance(h, str) and h.strip() for h in row["history"]) or not row["history"]:
+        if not row["history"]:
             raise ConfigError(f"{where}: field 'history' must be a non-empty list of texts")
-        cases.append(ReferenceCase(str(row["id"]), tuple(row["history"]), item["title"], tuple((str(k), str(v)) for k, v in attributes.items()), row["reference"]))
+        history = tuple(_history_entry(h, f"{where}: field 'history[{i}]'") for i, h in enumerate(row["history"]))
+        cases.append(ReferenceCase(str(row["id"]), history, item["title"], tuple((str(k), str(v)) for k, v in attributes.items()), row["reference"]))
     if not cases:
         raise ConfigError(f"{path}: no cases")
     return cases
 
 
+def _history_entry(value, where: str) -> HistoryEntry:
+    if isinstance(value, str) and value.strip():
+        return HistoryEntry(value, is_taste_summary(value))
+    if isinstance(value, dict) and isinstance(value.get("text"), str) and value["text"].strip() and value.get("kind", "item") in ("item", "taste"):
+        return HistoryEntry(value["text"], value.get("kind", "item") == "taste")
+    raise ConfigError(f"{where} must be a non-empty text or {{\"text\", \"kind\": \"item\" | \"taste\"}}")
+
+
 def reference_fact_table(case: ReferenceCase) -> FactTable:
+    """Item facts about the case's item; a history fact (a purchase) per history item and a taste
+    fact per summary of the shopper's taste."""
     facts: list[Fact] = []
 
-    def add(kind: FactKind, text: str, value: str, about_history: bool = False) -> None:
-        facts.append(Fact(f"F{len(facts) + 1}", kind, text, value, about_history))
+    def add(kind: FactKind, text: str, value: str, **subjects) -> None:
+        facts.append(Fact(f"F{len(facts) + 1}", kind, text, value, **subjects))
 
-    add(FactKind.ITEM_TITLE, f'The recommended item is "{case.title}".', case.title)
+    add(FactKind.ITEM_TITLE, f'The recommended item is "{case.title}".', case.title, item_id=case.case_id, attribute="title")
     for name, value in case.attributes:
-        add(FactKind.ITEM_ATTRIBUTE, f"Its {name.replace('_', ' ')} is {value}.", f"{name} {value}")
-    for text in case.history:
-        text = " ".join(text.split())[:HISTORY_CHARS]
-        add(FactKind.HISTORY_ITEM, f'You bought "{text}".', text, about_history=True)
+        add(FactKind.ITEM_ATTRIBUTE, f"Its {name.replace('_', ' ')} is {value}.", f"{name} {value}", item_id=case.case_id, attribute=name)
+    for n, entry in enumerate(case.history, 1):
+        text = " ".join(entry.text.split())[:HISTORY_CHARS]
+        if entry.taste:
+            add(FactKind.TASTE, f'A summary of your taste: "{text}".', text)
+        else:
+            add(FactKind.HISTORY_ITEM, f'You bought "{text}".', text, history_item_id=f"case-{case.case_id}-h{n}", event=EventKind.PURCHASE, position=len(case.history) - n + 1)
     return FactTable(f"case-{case.case_id}", case.case_id, tuple(facts))
 
 

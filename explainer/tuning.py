@@ -19,12 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from whyrec.catalog import Catalog, Item, strongest_kind
+from whyrec.catalog import Catalog, EventKind, Item, strongest_kind
 from whyrec.ranker.model import cpu_has_bf16
-from whyrec.explainer.facts import build_fact_table, shared_category_name, shared_use_words
+from whyrec.explainer.facts import PAST_TENSE, build_fact_table, shared_category_name, shared_use_words
 from whyrec.explainer.grounding import check_grounding
 from whyrec.explainer.templates import PromptTemplateSpec
-from whyrec.schema import Attribution, Fact, FactKind, FactTable, RankedItem
+from whyrec.retrieval.cooccurrence import FollowCounts
+from whyrec.schema import Attribution, Evidence, Fact, FactKind, FactTable, RankedItem
 
 HELD_OUT_EVERY = 5  # one shopper in five is held out from tuning and used to measure it
 ADAPTER_META = "whyrec_adapter.json"
@@ -58,8 +59,9 @@ def _overlap(item: Item, other: Item) -> float:
     return score
 
 
-def content_fact_table(catalog: Catalog, user_id: str, position: int, rng: random.Random, window: int = 5) -> FactTable | None:
-    """A fact table for the shopper's item at `position`, with the items before it as history."""
+def content_fact_table(catalog: Catalog, user_id: str, position: int, rng: random.Random, window: int = 5, follows: FollowCounts | None = None) -> FactTable | None:
+    """A fact table for the shopper's item at `position`, with the items before it as history and,
+    given `follows`, what other shoppers did between them (this shopper's own part taken out)."""
     sequence = catalog.sequence(user_id)
     target = catalog.items[sequence[position]]
     history_ids = sequence[max(0, position - window) : position]
@@ -73,43 +75,55 @@ def content_fact_table(catalog: Catalog, user_id: str, position: int, rng: rando
     )
     ranked = RankedItem(target.item_id, rank, 0.5, 1.0, (scored[0].item_id,), attributions, candidates_scored=rng.choice([20, 30, 50]))
     events = catalog.events(user_id)
-    return build_fact_table(user_id, target, ranked, [(h, strongest_kind(events, h.item_id)) for h in history])
+    evidence = []
+    if follows is not None:
+        own = FollowCounts(events, follows.window)
+        for h in history_ids:
+            bought = follows.bought_after(h, target.item_id) - own.bought_after(h, target.item_id)
+            viewed = follows.viewed_after(h, target.item_id) - own.viewed_after(h, target.item_id)
+            evidence.append(Evidence(h, target.item_id, bought, viewed))
+    return build_fact_table(user_id, target, ranked, [(h, strongest_kind(events, h.item_id)) for h in history], evidence)
 
 
 def grounded_phrasings(table: FactTable) -> list[tuple[str, tuple[str, ...]]]:
-    """Phrasings of the table's main reason, each with the fact ids it uses; only those that pass the check."""
-    first: dict[FactKind, Fact] = {}
-    for fact in table.facts:
-        first.setdefault(fact.kind, fact)
-    history, title = first.get(FactKind.HISTORY_ITEM), first.get(FactKind.ITEM_TITLE)
-    if history is None or title is None:
+    """Phrasings of the table's reasons, each with the fact ids it uses: every relation fact told
+    with its own history item, in several frames; only those that pass the check."""
+    title = next((f for f in table.facts if f.kind is FactKind.ITEM_TITLE), None)
+    history = {f.history_item_id: f for f in table.facts if f.kind is FactKind.HISTORY_ITEM}
+    if title is None or not history:
         return []
-    verb = history.text.split('"', 1)[0].removeprefix("You ").strip()  # "bought", "looked at", ...
-    h, item = history.value, title.value
-
-    def same_driver(kind: FactKind) -> Fact | None:
-        fact = first.get(kind)
-        return fact if fact is not None and f'"{h}"' in fact.text else None
-
-    brand, category, use, counterfactual = (same_driver(k) for k in (FactKind.SHARED_BRAND, FactKind.SHARED_CATEGORY, FactKind.SHARED_USE, FactKind.COUNTERFACTUAL))
-    options = [
-        (f"You {verb} the {h}, so we suggest the {item}.", (history, title)),
-        (f"Based on the {h} you {verb}, here is the {item}.", (history, title)),
-    ]
-    if brand:
-        options += [
-            (f"Because you {verb} the {h}, here is another {brand.value} product.", (history, brand)),
-            (f"Like the {h} you {verb}, the {item} is made by {brand.value}.", (history, brand, title)),
-        ]
-    if category:
-        options.append((f"Because you {verb} the {h}, we suggest the {item}, also in {category.value}.", (history, title, category)))
-    if use:
-        options.append((f"Since you {verb} the {h}, here is the {item}, another {use.value} product.", (history, title, use)))
-    if counterfactual:
-        rank_without = counterfactual.value
-        rank = counterfactual.text.rsplit("#", 1)[1].rstrip(".")
-        options.append((f"Without the {h} in your history, the {item} would rank #{rank_without} instead of #{rank}.", (history, counterfactual)))
-    return [(text, tuple(sorted((f.fact_id for f in facts), key=lambda i: int(i[1:])))) for text, facts in options if check_grounding(text, table).passed]
+    item = title.value
+    options: list[tuple[str, tuple[Fact, ...]]] = []
+    for fact in table.facts:
+        subject = history.get(fact.history_item_id)
+        if subject is None or fact.kind is FactKind.HISTORY_ITEM:
+            continue
+        verb, h, v = PAST_TENSE[subject.event or EventKind.PURCHASE], subject.value, fact.value
+        pair = (subject, fact)
+        if fact.kind is FactKind.SHARED_BRAND:
+            options += [(f"Because you {verb} the {h}, here is another {v} product.", pair),
+                        (f"Like the {h} you {verb}, the {item} is made by {v}.", (subject, fact, title))]
+        elif fact.kind is FactKind.SHARED_CATEGORY:
+            options += [(f"Because you {verb} the {h}, we suggest the {item}, also in {v}.", (subject, title, fact)),
+                        (f"Like the {h} you {verb}, it is in {v}.", pair)]
+        elif fact.kind is FactKind.SHARED_USE:
+            options.append((f"Since you {verb} the {h}, here is the {item}, another {v} product.", (subject, title, fact)))
+        elif fact.kind is FactKind.BOUGHT_TOGETHER:
+            who = "other shopper who bought it" if fact.count == 1 else "other shoppers who bought it"
+            options += [(f"You {verb} the {h}; {fact.count} {who} went on to buy the {item}.", (subject, fact, title)),
+                        (f"{fact.count} other shoppers who bought the {h} went on to buy the {item}, and you {verb} the {h} too.", (subject, fact, title)) if fact.count != 1 else
+                        (f"Because you {verb} the {h}: 1 other shopper who bought it went on to buy this.", pair)]
+        elif fact.kind is FactKind.VIEWED_TOGETHER:
+            options.append((f"You {verb} the {h}; {fact.count} other shoppers who looked at it went on to look at this too.", pair))
+        elif fact.kind is FactKind.OFTEN_NEXT:
+            options.append((f"After the {h} you {verb}, shoppers are most likely to pick the {item} next.", (subject, fact, title)))
+        elif fact.kind is FactKind.COUNTERFACTUAL:
+            options.append((f"Without the {h} in your history, the {item} would rank #{fact.rank_without} instead of #{fact.rank}.", pair))
+    if not options:  # no relation to tell: the bare reason, named
+        top = next(iter(history.values()))
+        verb, h = PAST_TENSE[top.event or EventKind.PURCHASE], top.value
+        options = [(f"You {verb} the {h}, so we suggest the {item}.", (top, title)), (f"Based on the {h} you {verb}, here is the {item}.", (top, title))]
+    return [(text, tuple(sorted({f.fact_id for f in facts}, key=lambda i: int(i[1:])))) for text, facts in options if check_grounding(text, table).passed]
 
 
 def answer_json(text: str, fact_ids: tuple[str, ...]) -> str:
@@ -128,6 +142,7 @@ def tuning_examples(catalog: Catalog, n: int, seed: int = 0, held_out: bool = Fa
     rng = random.Random(seed)
     users = [u for u in catalog.users if is_held_out(u) == held_out and len(catalog.sequence(u)) >= 2]
     rng.shuffle(users)
+    follows = FollowCounts(catalog.interactions)
     examples: list[TuningExample] = []
     for user in users:
         if len(examples) >= n:
@@ -135,7 +150,7 @@ def tuning_examples(catalog: Catalog, n: int, seed: int = 0, held_out: bool = Fa
         sequence = catalog.sequence(user)
         # Never the shopper's last two items: those are the ranker's validation and test targets.
         last = len(sequence) - 3 if len(sequence) > 3 else len(sequence) - 1
-        table = content_fact_table(catalog, user, rng.randint(1, max(1, last)), rng)
+        table = content_fact_table(catalog, user, rng.randint(1, max(1, last)), rng, follows=follows)
         options = grounded_phrasings(table) if table else []
         if options:
             text, ids = rng.choice(options)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
-from whyrec.retrieval.cooccurrence import CooccurrenceRetriever
+from whyrec.retrieval.cooccurrence import CooccurrenceRetriever, FollowCounts
 from whyrec.retrieval.retriever import EmbeddingRetriever
 from whyrec.retrieval.sequential import SequenceRetriever
-from whyrec.schema import Candidate
+from whyrec.catalog import Interaction
+from whyrec.schema import NEXT_RANK_LIMIT, Candidate, Evidence
 
 FEATURES = ("embedding", "cooccurrence", "sequence")
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0)  # for embedding and co-occurrence; the sequence model's weight is 1
@@ -40,6 +42,7 @@ class FusedRetriever:
         cooccurrence: CooccurrenceRetriever,
         sequence: SequenceRetriever,
         weights: FusionWeights = FusionWeights(),
+        follows: FollowCounts | None = None,
     ):
         if sequence.item_ids != embedding.index.item_ids:
             raise ValueError("the sequence model and the item index list different items; retrain with `whyrec train`")
@@ -47,6 +50,7 @@ class FusedRetriever:
         self.cooccurrence = cooccurrence
         self.sequence = sequence
         self.weights = weights
+        self.follows = follows  # the counts collaborative reasons state; None: no such reasons
         self.item_ids = embedding.index.item_ids
         self.position = embedding.index.position
 
@@ -109,6 +113,33 @@ class FusedRetriever:
         """Any item as a candidate for this history, also one the candidate stage did not propose."""
         features = self.features([history], [item_id])[0]
         return Candidate(item_id, float(self.weights.vector() @ features), self.matched_history(history, item_id), tuple(map(float, features)))
+
+    def evidence(self, history_item_ids: list[str], item_ids: list[str], shopper_events: Iterable[Interaction] = ()) -> dict[tuple[str, str], Evidence]:
+        """What other shoppers did that ties each history item to each item: the shoppers who went
+        from one to the other (`shopper_events`, the shopper's own counted events, are taken out,
+        so the counts are of *other* shoppers), and the item's place among the sequence model's
+        predicted next items after the history item alone (when it is within NEXT_RANK_LIMIT)."""
+        history_item_ids = [h for h in dict.fromkeys(history_item_ids) if h in self.position]
+        if not history_item_ids or not item_ids:
+            return {}
+        own = FollowCounts(shopper_events, self.follows.window) if self.follows else None
+        scores = self.sequence.score_matrix([[h] for h in history_item_ids])
+        out = {}
+        for row, h in zip(scores, history_item_ids):
+            row = row.copy()
+            row[self.position[h]] = -np.inf  # the history item itself is never "next"
+            for item_id in item_ids:
+                if item_id == h or item_id not in self.position:
+                    continue
+                place = int(np.sum(row > row[self.position[item_id]])) + 1
+                out[(h, item_id)] = Evidence(
+                    h,
+                    item_id,
+                    bought_after=self.follows.bought_after(h, item_id) - own.bought_after(h, item_id) if self.follows else 0,
+                    viewed_after=self.follows.viewed_after(h, item_id) - own.viewed_after(h, item_id) if self.follows else 0,
+                    next_rank=place if place <= NEXT_RANK_LIMIT else None,
+                )
+        return out
 
     def matched_history(self, history: list[str], item_id: str, contributors: dict[str, list[str]] | None = None) -> tuple[str, ...]:
         """The history items that led to this candidate: those other shoppers bought it after,

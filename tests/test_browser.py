@@ -184,7 +184,7 @@ def test_prompt_lab_runs_an_edit_side_by_side_and_saves_it_as_a_new_version(serv
     editor.wait_for()
     assert "name: shopper" in editor.inner_text()
     # The edit starts from the file (the editor's innerText doubles blank lines).
-    current = (REPO / "prompts" / "shopper.v2.yaml").read_text()
+    current = (REPO / "prompts" / "shopper.v3.yaml").read_text()
     edited = current.replace("Use only the facts.", "Use only the facts. Keep it under twenty words.")
     editor.click()
     page.keyboard.press("Control+A")
@@ -196,12 +196,12 @@ def test_prompt_lab_runs_an_edit_side_by_side_and_saves_it_as_a_new_version(serv
     page.locator("#lab-run").click()
     page.locator("#lab-metrics").get_by_text("(edited)").wait_for(timeout=SLOW)
     metrics = page.locator("#lab-metrics").inner_text()
-    assert "shopper.v2 (current)" in metrics
+    assert "shopper.v3 (current)" in metrics
     diff = page.locator("#lab-diff").inner_text()
     assert "Keep it under twenty words" in diff and diff.count("@@") == 2  # one hunk: the one edited line
 
     page.locator("#lab-save").click()
-    page.locator("#lab-status").get_by_text("shopper.v3", exact=True).wait_for(timeout=60_000)
-    saved = folder / "prompts" / "shopper.v3.yaml"
-    assert "Keep it under twenty words" in saved.read_text() and "version: 3" in saved.read_text()
+    page.locator("#lab-status").get_by_text("shopper.v4", exact=True).wait_for(timeout=60_000)
+    saved = folder / "prompts" / "shopper.v4.yaml"
+    assert "Keep it under twenty words" in saved.read_text() and "version: 4" in saved.read_text()
     _shot(page, "prompt-lab")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from whyrec.catalog import Catalog, EventKind, Item
 from whyrec.errors import DataError
-from whyrec.explainer.facts import build_fact_table, cold_start_fact_table, template_sentence
+from whyrec.explainer import build_fact_table, cold_start_fact_table, template_sentence
 from whyrec.explainer.grounding import CONNECTIVES, check_grounding
 from whyrec.loaders import load_catalog
 from whyrec.retrieval.popularity import PopularItems

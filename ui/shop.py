@@ -22,6 +22,11 @@ _CHIP_LABEL = {
     FactKind.HISTORY_ITEM: "your history",
     FactKind.SHARED_BRAND: "same brand",
     FactKind.SHARED_CATEGORY: "same category",
+    FactKind.SHARED_USE: "same use",
+    FactKind.BOUGHT_TOGETHER: "other shoppers bought it next",
+    FactKind.VIEWED_TOGETHER: "other shoppers looked at it next",
+    FactKind.OFTEN_NEXT: "often picked next",
+    FactKind.TASTE: "your taste",
     FactKind.COUNTERFACTUAL: "what moved it",
     FactKind.RANK: "rank",
     FactKind.ITEM_BRAND: "brand",
@@ -91,11 +96,11 @@ def parse_intent(message: str, known_items: set[str], view: SlateView | None) ->
     return Intent("why", position=0)
 
 
-def card_for(entry: RecommendedItem, history: dict[str, list[str]]) -> Card:
-    """`history` maps each history item id to the names facts call it by (short and full title)."""
+def card_for(entry: RecommendedItem, history: set[str]) -> Card:
+    """`history`: the shopper's history item ids (the ones the card's controls may act on)."""
     e = entry.explanation
     # The control acts on the purchase the reason names; else on the one that raised the score most.
-    named = [i for f in e.facts if f.kind is FactKind.HISTORY_ITEM for i, names in history.items() if f.value in names]
+    named = [f.history_item_id for f in e.facts if f.kind is FactKind.HISTORY_ITEM and f.history_item_id in history]
     drivers = named or [a.history_item_id for a in entry.ranked.attributions if a.contribution > 0 and a.history_item_id in history]
     driver = drivers[0] if drivers else None
     return Card(
@@ -150,7 +155,7 @@ def build_shop(service: WhyrecService, settings: Settings) -> gr.Blocks:
             events = service.history(user_id)
         except WhyrecError:  # no usable history: the slate is popular and new items
             events = []
-        history = {e.item_id: [short_title(catalog.items[e.item_id]), catalog.items[e.item_id].title] for e in events}
+        history = {e.item_id for e in events}
         for event in service.stream(user_id, k, request):
             if isinstance(event, SlateRanked):
                 cards = tuple(Card(r.item_id, t, r.rank) for r, t in zip(event.slate.items, event.titles))

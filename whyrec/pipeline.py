@@ -17,15 +17,14 @@ from whyrec import models
 from whyrec.catalog import Catalog, EventKind, Interaction, Item, dedupe_keep_last, fingerprint, strongest_kind
 from whyrec.config import Settings
 from whyrec.errors import ConfigError, UnknownShopper, WhyrecError
-from whyrec.explainer import Explainer, PromptTemplateSpec, build_fact_table, load_template, make_chat_model
+from whyrec.explainer import Explainer, PromptTemplateSpec, build_fact_table, checked_template, cold_start_fact_table, load_template, make_chat_model
 from whyrec.explainer.cache import ExplanationCache
-from whyrec.explainer.facts import cold_start_fact_table, template_sentence
 from whyrec.loaders import load_catalog
 from whyrec.ranker import CrossEncoderRanker, TrainConfig, TrainReport, diversify, train_ranker
 from whyrec.ranker.feedback import FeedbackConfig, FeedbackReport, engaged_above_skipped, train_on_feedback
 from whyrec.ranker.model import CHECKPOINT_META, FEATURE_SCALE
 from whyrec.retrieval import EmbeddingRetriever, ItemIndex, embed_items, load_encoder
-from whyrec.retrieval.cooccurrence import CooccurrenceRetriever
+from whyrec.retrieval.cooccurrence import CooccurrenceRetriever, FollowCounts
 from whyrec.retrieval.fusion import FusedRetriever, FusionWeights, tune_weights
 from whyrec.retrieval.popularity import PopularItems
 from whyrec.retrieval.sequential import SequenceConfig, SequenceRetriever, refit_sequence_model, train_sequence_model
@@ -181,15 +180,18 @@ def train(
 
 def build_retriever(settings: Settings, catalog: Catalog, embedding: EmbeddingRetriever, sequences: list[list[str]] | None = None) -> FusedRetriever:
     """The fused candidate stage. Co-occurrence is counted on `sequences` (default: every shopper's
-    whole sequence); the sequence model and the fusion weights come from `whyrec train`."""
+    whole sequence, and then the shopper counts that collaborative reasons state are counted on
+    every event); the sequence model and the fusion weights come from `whyrec train`."""
     folder = sequence_folder(settings, catalog)
     if not folder.exists():
         raise ConfigError(f"no sequence model for this data at {folder}; run `whyrec train --data {data_folder(settings)}`")
     sequence = SequenceRetriever.load(folder, embedding.index.vectors)
+    follows = None
     if sequences is None:
         sequences = [catalog.sequence(u) for u in catalog.users]
+        follows = FollowCounts(catalog.interactions)
     cooccurrence = CooccurrenceRetriever(sequences, history_window=settings.history_window)
-    return FusedRetriever(embedding, cooccurrence, sequence, FusionWeights(**sequence.metadata["fusion_weights"]))
+    return FusedRetriever(embedding, cooccurrence, sequence, FusionWeights(**sequence.metadata["fusion_weights"]), follows)
 
 
 def load_models(settings: Settings, catalog: Catalog, log: Log = stderr_log) -> tuple[FusedRetriever, CrossEncoderRanker]:
@@ -467,7 +469,7 @@ class Recommender:
         return RankedSlate(user_id, (), tuple(items), tuple(tables), topic_matched=bool(matching), cold_start=True)
 
     def _template_reason(self, table: FactTable) -> Explanation:
-        text, facts = template_sentence(table)
+        text, facts = checked_template(table)
         return Explanation(text, ExplanationSource.TEMPLATE, False, facts, self.explainer.template.label, "")
 
     def _stage(self, name: str):
@@ -477,8 +479,17 @@ class Recommender:
         return [self.catalog.items[i] for i in item_ids]
 
     def _fact_tables(self, user_id: str, events: list[Interaction], history: list[str], ranked: list[RankedItem]) -> list[FactTable]:
-        recent = [(self.catalog.items[i], strongest_kind(events, i)) for i in history[-self.settings.history_window :]]
-        return [build_fact_table(user_id, self.catalog.items[r.item_id], r, recent) for r in ranked]
+        recent_ids = history[-self.settings.history_window :]
+        recent = [(self.catalog.items[i], strongest_kind(events, i)) for i in recent_ids]
+        try:
+            counted = self.catalog.events(user_id)  # the shopper's own part of the shop's counts
+        except UnknownShopper:
+            counted = []
+        evidence = self.retriever.evidence(recent_ids, [r.item_id for r in ranked], counted)
+        return [
+            build_fact_table(user_id, self.catalog.items[r.item_id], r, recent, [e for (_, i), e in evidence.items() if i == r.item_id])
+            for r in ranked
+        ]
 
     def _recommended(self, ranked: RankedItem, explanation: Explanation, table: FactTable) -> RecommendedItem:
         return RecommendedItem(ranked.item_id, self.catalog.items[ranked.item_id].title, ranked, explanation, table)

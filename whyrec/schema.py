@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from whyrec.catalog import Interaction
+from whyrec.catalog import EventKind, Interaction
+from whyrec.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,25 @@ class Attribution:
     rank_without: int | None = None  # the ranked item's rank had this history item been left out
 
 
+# An item the sequence model puts this high right after a history item "often comes next".
+NEXT_RANK_LIMIT = 10
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What other shoppers did that ties one history item to a candidate item, counted by retrieval:
+    the evidence behind a collaborative reason ("12 shoppers who bought X bought this next")."""
+
+    history_item_id: str
+    item_id: str
+    # Shoppers who bought the history item and then, within the next few purchases, the item.
+    bought_after: int = 0
+    # Shoppers who looked at (or did more with) the history item and then the item; counts views too.
+    viewed_after: int = 0
+    # The item's place among the items the sequence model predicts right after the history item alone.
+    next_rank: int | None = None
+
+
 @dataclass(frozen=True)
 class RankedItem:
     item_id: str
@@ -80,15 +100,112 @@ class FactKind(str, Enum):
     POPULAR = "popular"
     NEW_ITEM = "new_item"  # first seen in the shop's data recently (a reason for shoppers with no history)
     SHARED_USE = "shared_use"  # what the item and a history item are both for (words both names carry)
+    # Relations from other shoppers' behaviour: how many shoppers who bought (looked at) a history
+    # item went on to buy (look at) the item, and where the sequence model puts the item right after it.
+    BOUGHT_TOGETHER = "bought_together"
+    VIEWED_TOGETHER = "viewed_together"
+    OFTEN_NEXT = "often_next"
+    TASTE = "taste"  # a summary of the shopper's taste that is not an item ("likes fountain pens")
+
+
+# The kinds that relate one history item to the recommended item; each such fact carries both ids.
+RELATION_KINDS = frozenset(
+    {FactKind.SHARED_BRAND, FactKind.SHARED_CATEGORY, FactKind.SHARED_USE, FactKind.BOUGHT_TOGETHER, FactKind.VIEWED_TOGETHER, FactKind.OFTEN_NEXT}
+)
 
 
 @dataclass(frozen=True)
 class Fact:
+    """One claim an explanation may make, with the ids of what it is about: an item fact names the
+    recommended item, a history fact the history item, a relation fact both. The check matches
+    each claim of a text to one fact with the same subjects."""
+
     fact_id: str  # "F1", "F2", ... stable within one fact table
     kind: FactKind
     text: str  # the fact as a plain sentence, the only form the LLM sees
-    value: str = ""  # the bare value (a brand, a title, a number) the grounding check matches
-    about_history: bool = False  # true for facts that come from the shopper's own history
+    value: str = ""  # the bare value (a brand, a title, a number); a history fact's value is the item's title
+    item_id: str | None = None  # the recommended item, for item, relation, rank and counterfactual facts
+    history_item_id: str | None = None  # the history item, for history, relation and counterfactual facts
+    attribute: str | None = None  # item facts: "title", "brand", "category", "price", "phrase" or the attribute's name
+    event: EventKind | None = None  # history facts: what the shopper did; together facts: what the counted shoppers did
+    count: int | None = None  # together and popular facts: shoppers; often_next: the item's place among predicted next items
+    rank: int | None = None  # rank and counterfactual facts: the item's rank
+    rank_without: int | None = None  # counterfactual facts: its rank without the history item
+    position: int | None = None  # history facts: 1 = the shopper's most recent history item
+
+    @property
+    def about_history(self) -> bool:
+        """The fact comes from the shopper's own history (a history item or a taste summary)."""
+        return self.history_item_id is not None or self.kind is FactKind.TASTE
+
+
+_FACT_INTS = ("count", "rank", "rank_without", "position")
+_FACT_IDS = ("item_id", "history_item_id", "attribute")
+
+
+def fact_to_dict(fact: Fact) -> dict[str, Any]:
+    """The fact as JSON (CLI, API, impression log): id, kind, text, value, its subject ids, and the
+    typed details it has."""
+    out: dict[str, Any] = {"id": fact.fact_id, "kind": fact.kind.value, "text": fact.text, "value": fact.value, "about_history": fact.about_history}
+    for name in (*_FACT_IDS, "event", *_FACT_INTS):
+        value = getattr(fact, name)
+        if value is not None:
+            out[name] = value.value if isinstance(value, Enum) else value
+    return out
+
+
+def fact_table_from_json(data: Any, where: str, user_id: str = "", item_id: str = "") -> FactTable:
+    """A fact table as `explanation.fact_table` prints it: a list of facts, or an object that holds
+    one ({"fact_table": [...]}, an item entry with "explanation", or {"facts": [...]})."""
+    if isinstance(data, dict):
+        for key in ("explanation", "fact_table", "facts"):
+            if key in data:
+                inner = data[key]
+                if key == "explanation" and isinstance(inner, dict):
+                    return fact_table_from_json(inner, f"{where}.explanation", str(data.get("user_id", user_id)), str(data.get("item_id", item_id)))
+                return fact_table_from_json(inner, f"{where}.{key}", str(data.get("user_id", user_id)), str(data.get("item_id", item_id)))
+        raise ConfigError(f"{where}: expected a list of facts or an object with 'fact_table'")
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f"{where}: expected a non-empty list of facts")
+    facts = tuple(fact_from_dict(f, f"{where}[{i}]") for i, f in enumerate(data))
+    ids = [f.fact_id for f in facts]
+    if len(set(ids)) < len(ids):
+        raise ConfigError(f"{where}: fact ids repeat ({', '.join(sorted({i for i in ids if ids.count(i) > 1}))}); each fact needs its own id")
+    item = item_id or next((f.item_id for f in facts if f.item_id), "")
+    return FactTable(user_id, item, facts)
+
+
+def fact_from_dict(data: Any, where: str) -> Fact:
+    """The inverse of fact_to_dict; `where` names the place in the file for the error message."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a fact object with id, kind and text")
+    for name in ("id", "kind", "text"):
+        if not isinstance(data.get(name), str) or not data[name]:
+            raise ConfigError(f"{where}.{name}: missing or not a non-empty string")
+    try:
+        kind = FactKind(data["kind"])
+    except ValueError:
+        raise ConfigError(f"{where}.kind: unknown kind '{data['kind']}'; expected one of {', '.join(k.value for k in FactKind)}") from None
+    fields: dict[str, Any] = {}
+    for name in _FACT_IDS:
+        if data.get(name) is not None:
+            if not isinstance(data[name], (str, int)) or isinstance(data[name], bool):
+                raise ConfigError(f"{where}.{name}: expected an id (string)")
+            fields[name] = str(data[name])
+    for name in _FACT_INTS:
+        if data.get(name) is not None:
+            if not isinstance(data[name], int) or isinstance(data[name], bool):
+                raise ConfigError(f"{where}.{name}: expected a whole number, not {data[name]!r}")
+            fields[name] = data[name]
+    if data.get("event") is not None:
+        try:
+            fields["event"] = EventKind(data["event"])
+        except ValueError:
+            raise ConfigError(f"{where}.event: unknown event '{data['event']}'; expected one of {', '.join(k.value for k in EventKind)}") from None
+    value = data.get("value", "")
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{where}.value: expected a string")
+    return Fact(data["id"], kind, data["text"], str(value), **fields)
 
 
 @dataclass(frozen=True)
@@ -102,6 +219,9 @@ class FactTable:
 
     def history_facts(self) -> list[Fact]:
         return [f for f in self.facts if f.about_history]
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [fact_to_dict(f) for f in self.facts]
 
 
 class ExplanationSource(str, Enum):
@@ -167,7 +287,8 @@ class RecommendedItem:
                 "text": self.explanation.text,
                 "source": self.explanation.source.value,
                 "grounded": self.explanation.grounded,
-                "facts": [_fact_dict(f) for f in self.explanation.facts],
+                "facts": [_cited_fact_dict(f) for f in self.explanation.facts],
+                "fact_table": self.fact_table.to_list() if self.fact_table else [fact_to_dict(f) for f in self.explanation.facts],
                 "prompt_version": self.explanation.prompt_version,
                 "model": self.explanation.model,
                 "attempts": [asdict(a) for a in self.explanation.attempts],
@@ -185,7 +306,7 @@ class Recommendations:
         return {"user_id": self.user_id, "items": [i.to_dict() for i in self.items]}
 
 
-def _fact_dict(fact: Fact) -> dict[str, Any]:
+def _cited_fact_dict(fact: Fact) -> dict[str, Any]:
     return {"id": fact.fact_id, "kind": fact.kind.value, "text": fact.text}
 
 

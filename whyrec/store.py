@@ -30,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from whyrec.catalog import EventKind, Interaction
 from whyrec.errors import WhyrecError
-from whyrec.schema import RecommendedItem, ShopperOverlay, ShownSlate
+from whyrec.schema import Fact, RecommendedItem, ShopperOverlay, ShownSlate, fact_to_dict
 
 
 class DatabaseUnavailable(WhyrecError):
@@ -54,11 +54,25 @@ class FeedbackKind(str, Enum):
 
 
 class FactRecord(BaseModel):
+    """One fact of a fact table, with the ids of what it is about (`whyrec.schema.Fact`)."""
+
     id: str
     kind: str
     text: str
     value: str = ""
     about_history: bool = False
+    item_id: str | None = Field(None, description="the recommended item, for item, relation, rank and counterfactual facts")
+    history_item_id: str | None = Field(None, description="the history item, for history, relation and counterfactual facts")
+    attribute: str | None = Field(None, description="item facts: title, brand, category, price, phrase or the attribute's name")
+    event: str | None = Field(None, description="history facts: what the shopper did; together facts: what the counted shoppers did")
+    count: int | None = Field(None, description="shoppers, for bought_together, viewed_together and popular facts")
+    rank: int | None = Field(None, description="rank and counterfactual facts: the item's rank; often_next: its place among predicted next items")
+    rank_without: int | None = Field(None, description="counterfactual facts: the rank without the history item")
+    position: int | None = Field(None, description="history facts: 1 = the shopper's most recent history item")
+
+    @classmethod
+    def of(cls, fact: Fact) -> "FactRecord":
+        return cls(**fact_to_dict(fact))
 
 
 class AttributionRecord(BaseModel):
@@ -706,7 +720,7 @@ def _item_row(position: int, entry: RecommendedItem, prompt: list[tuple[str, str
         attributions=[
             {"history_item_id": a.history_item_id, "contribution": float(a.contribution), "rank_without": a.rank_without} for a in ranked.attributions
         ],
-        fact_table=[{"id": f.fact_id, "kind": f.kind.value, "text": f.text, "value": f.value, "about_history": f.about_history} for f in table],
+        fact_table=[fact_to_dict(f) for f in table],
         cited_fact_ids=[f.fact_id for f in e.facts],
         prompt=[{"role": role, "content": content} for role, content in prompt],
         prompt_version=e.prompt_version,
