@@ -38,6 +38,8 @@ _CUES_BEFORE = frozenset({"also", "another", "other", "else", "same", "more", "s
 _CUES_AFTER = frozenset({"too", "well"})
 # A cue that turns to the item instead ("we also suggest this Lumora lamp") is not about sharing.
 _OFFER_VERBS = frozenset({"suggest", "suggested", "recommend", "recommended", "here", "try", "consider", "picked", "pick", "show", "see", "found"})
+# Words after a history item's name where the sentence turns from it.
+_TURNS = frozenset({"so", "we", "and", "because", "you", "your", "which", "that", "who", "this", "these", "it", "is", "are", "was", "were", "has", "have", "shopper", "shoppers", "other", "like", "but", "or", "then", "since", "after", "went"})
 # What may follow "another" without naming a kind of product.
 _GENERIC = frozenset({"one", "item", "product", "option", "pick", "choice", "idea", "suggestion", "thing", "something", "recommendation", "find"})
 _SHOPPERS = r"(?:other\s+)?(?:shoppers?|customers?|people|buyers?|others)"
@@ -122,8 +124,7 @@ def find_claims(text: str, table: FactTable) -> list[Claim]:
     claims: list[Claim] = []
     previous: _Mention | None = None  # "it" in a second sentence refers to the first one's item
     for sentence in sentences(text.strip()):
-        tokens = [_Token(m.group(0).strip(), stem(m.group(0).strip().lower().lstrip("#")), m.group(0).strip() in _BOUNDARY or not m.group(0).strip()) for m in _TOKEN.finditer(sentence)]
-        tokens = [t for t in tokens if t.raw]
+        tokens = _tokens(sentence)
         values = _value_spans(tokens, facts)
         mentions = _mentions(tokens, facts)
         like = _like_subject(tokens, mentions)
@@ -138,6 +139,15 @@ def find_claims(text: str, table: FactTable) -> list[Claim]:
         claims += _rank_claims(tokens, facts)
         previous = mentions[-1] if mentions else previous
     return claims
+
+
+def _tokens(sentence: str) -> list[_Token]:
+    tokens = []
+    for match in _TOKEN.finditer(sentence):
+        raw = match.group(0).strip()
+        if raw:
+            tokens.append(_Token(raw, stem(raw.lower().lstrip("#")), raw in _BOUNDARY or raw in "-–—"))
+    return tokens
 
 
 def first_problem(claims: list[Claim]) -> Claim | None:
@@ -309,7 +319,13 @@ def _history_word_claims(tokens: list[_Token], mention: _Mention, facts: _Table,
     while i >= 0 and not tokens[i].boundary and (tokens[i].stem not in CONNECTIVE_STEMS or tokens[i].stem in title) and not tokens[i].raw.startswith("#"):
         described.insert(0, tokens[i])
         i -= 1
-    words = [t for t in [*described, *tokens[mention.start : mention.end + 1]] if not t.boundary and t.stem not in CONNECTIVE_STEMS]
+    # And the words right after it, up to where the sentence turns ("... Tubing in 1/4 ID x 3/8 OD, we suggest").
+    trailing = []
+    for t in tokens[mention.end + 1 :]:
+        if t.boundary or t.raw.lower() in _OFFER_VERBS or t.raw.lower() in _TURNS or t.raw.startswith("#"):
+            break
+        trailing.append(t)
+    words = [t for t in [*described, *tokens[mention.start : mention.end + 1], *trailing] if not t.boundary and t.stem not in CONNECTIVE_STEMS]
     own = set().union(*(facts.own_words[s.fact_id] for s in subjects))
     foreign = [t for t in words if t.stem not in own]
     if not foreign:
@@ -350,6 +366,8 @@ def _relation_claims(
     for span, value_fact in values:
         if set(span) <= named or not (like or _cued(tokens, span[0], span[-1])):
             continue
+        if not _cued(tokens, span[0], span[-1]) and span[0] > 0 and tokens[span[0] - 1].raw.lower() in ("this", "these"):
+            continue  # "Like X, this desk organizer is ...": the item's own noun, not a shared value
         covered |= set(span)
         subject = like or _subject_at(span[0], mentions, previous)
         claims.append(_match_relation(value_fact.value, " ".join(tokens[i].raw for i in span), subject, facts))
@@ -368,7 +386,7 @@ def _cued(tokens: list[_Token], start: int, end: int) -> bool:
         if word in _CUES_BEFORE:
             return True
     after = [tokens[i].raw.lower() for i in range(end + 1, min(len(tokens), end + 4)) if not tokens[i].boundary]
-    return bool(after[:2] and (after[0] in _CUES_AFTER or after[:2] == ["as", "well"]))
+    return bool(after[:2] and (after[0] in _CUES_AFTER or after[:2] == ["as", "well"] or (after[0] == "like" and after[1] in ("this", "it", "that", "these", "the"))))
 
 
 def _like_subject(tokens: list[_Token], mentions: list[_Mention]) -> _Mention | None:
@@ -377,6 +395,13 @@ def _like_subject(tokens: list[_Token], mentions: list[_Mention]) -> _Mention | 
         before = [t.raw.lower() for t in tokens[max(0, mention.start - 3) : mention.start] if not t.boundary]
         if "like" in before[-3:] and not any(w in ("you", "would", "might", "may") for w in before[-2:]):
             return mention
+    # "X ..., and like it, this ...", "X is, like this one, in ...": the history item named before.
+    for i, token in enumerate(tokens):
+        after = tokens[i + 1].raw.lower() if i + 1 < len(tokens) else ""
+        if token.raw.lower() == "like" and after in ("it", "them", "this", "these", "that"):
+            before = [m for m in mentions if m.end < i]
+            if before:
+                return before[-1]
     return None
 
 
@@ -391,8 +416,9 @@ def _match_relation(value: str, words: str, subject: _Mention | None, facts: _Ta
     if subject is None or not ids:
         return Claim("relation", words, None, value, None, f'says the item shares "{value}" with something you have, but no history item shares it')
     named = facts.history_fact(subject_id)
-    if named is not None and set(target) <= facts.stems.get(named.fact_id, set()) and set(target) <= facts.item_words:
-        # "the same binder": both names say it (the history item's title and the item's facts).
+    if named is not None and words.islower() and set(target) <= facts.stems.get(named.fact_id, set()) and set(target) <= facts.item_words:
+        # "the same binder": both names say it (the history item's title and the item's facts);
+        # a category name ("in Inkjet Printers") is a category claim, matched by a category fact.
         return Claim("relation", words, subject_id, value, named.fact_id)
     if shared:
         other = shared[0]

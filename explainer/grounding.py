@@ -106,7 +106,7 @@ class _Sides:
         item_texts += [f.value for f in facts if f.kind in (FactKind.SHARED_BRAND, FactKind.SHARED_CATEGORY, FactKind.SHARED_USE, FactKind.COUNTERFACTUAL)]
         # What other shoppers did next is said of the item ("shoppers pick this next"); the claim
         # check ties it to its history item.
-        item_texts += [f.text for f in facts if f.kind in (FactKind.BOUGHT_TOGETHER, FactKind.VIEWED_TOGETHER, FactKind.OFTEN_NEXT)]
+        item_texts += [re.sub(r'"[^"]*"', " ", f.text) for f in facts if f.kind in (FactKind.BOUGHT_TOGETHER, FactKind.VIEWED_TOGETHER, FactKind.OFTEN_NEXT)]
         self.item_text = " ".join(item_texts)
         self.item = _vocabulary(item_texts)
         self.item_numbers = _numbers(" ".join(f"{f.text} {f.value}" for f in facts if not f.about_history and f.kind is not FactKind.RANK))
@@ -212,10 +212,17 @@ def _offer_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | No
             start = next((i for i, w in enumerate(words) if w in _OFFER_WORDS), None)
             offer_at = re.search(r"\b(" + "|".join(sorted(_OFFER_WORDS)) + r")\b", clause, re.IGNORECASE)
             if set(words) & _HISTORY_CONTEXT:
-                # "... like the X you bought", "without X in your history": about the history.
-                offering = False
-                if start is None or any(w in _HISTORY_CONTEXT for w in words[start:]):
-                    continue
+                turn = next(i for i, w in enumerate(words) if w in _HISTORY_CONTEXT)
+                if offering and start is None and turn > 0:
+                    # "Here is X, a Yirgacheffe coffee like the one you bought": the words before
+                    # the turn to the history still describe the item.
+                    at = re.search(r"\b" + re.escape(words[turn]) + r"\b", clause, re.IGNORECASE)
+                    words, clause = words[:turn], clause[: at.start()] if at else clause
+                else:
+                    # "... like the X you bought", "without X in your history": about the history.
+                    offering = False
+                    if start is None or any(w in _HISTORY_CONTEXT for w in words[start:]):
+                        continue
             if start is not None and offer_at is not None:
                 offering = True
                 words, clause = words[start:], clause[offer_at.start() :]
@@ -227,7 +234,7 @@ def _offer_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | No
                     return f'presents "{name}", an item from the history, as the recommendation', (name,)
             foreign = [w for w in words if not w.isdigit() and _stem(w) not in sides.item and _stem(w) not in _CONNECTIVE_STEMS]
             # Numbers after "#" are ranks (checked below); any other number must be the item's own.
-            foreign += sorted({n.replace(",", "") for n in re.findall(r"(?<![#\d])\d+(?:[.,/]\d+)*", clause)} - sides.item_numbers)
+            foreign += sorted({n.replace(",", "") for n in _ITEM_NUMBER.findall(clause)} - sides.item_numbers)
             if foreign:
                 return "says of the recommended item what only a history item has: " + ", ".join(foreign), tuple(foreign)
             claim = _brand_problem(clause, sides)
@@ -282,6 +289,9 @@ def _history_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | 
     return None
 
 
+# A number said of the item: not a rank ("#3"), not a count of shoppers or of predicted items,
+# which the claim check matches to their own facts.
+_ITEM_NUMBER = re.compile(r"(?<![#\d])\d+(?:[.,/]\d+)*(?![\d.,/]*\d)(?!\s+(?:other\s+)?(?:shoppers?|customers?|people|buyers?|items)\b)")
 _OTHER_SHOPPERS = frozenset({"shopper", "shoppers", "customer", "customers", "people", "others", "who"})
 
 
@@ -368,7 +378,13 @@ def _names(text: str) -> list[str]:
 
 
 def _name_supported(name: str, sides: _Sides) -> bool:
-    return _tokens_supported(_name_tokens(name), sides.fact_names)
+    tokens = _name_tokens(name)
+    # Glue words may differ from the title's ("Keychron K8 Pro with Brown Switches" for
+    # "Keychron K8 Pro Mechanical Keyboard, Brown Switches"), within one product's own title.
+    glued = [t for t in tokens if t not in _NAME_JOINERS]
+    if 2 <= len(glued) < len(tokens) and any(_subsequence(glued, n) for n in (*sides.item_names, *sides.history_names)):
+        return True
+    return _tokens_supported(tokens, sides.fact_names)
 
 
 def _tokens_supported(tokens: list[str], fact_names: list[list[str]]) -> bool:
