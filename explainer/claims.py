@@ -27,10 +27,11 @@ import re
 from dataclasses import dataclass
 
 from whyrec.catalog import EventKind
-from whyrec.explainer.lexicon import CONNECTIVE_STEMS, EVENT_VERBS, EVENT_WORDS, VERB_EVENTS, content_stems, name_tokens, sentences, stem
+from whyrec.explainer.lexicon import CONNECTIVE_STEMS, EVENT_VERBS, EVENT_WORDS, VERB_EVENTS, content_stems, name_tokens, norm, sentences, stem
 from whyrec.schema import Fact, FactKind, FactTable
 
 _TOKEN = re.compile(r"#?[A-Za-z0-9]+(?:['’][A-Za-z]+)*|[,;:!?()]|\s[-–—]\s")
+_QUOTED = re.compile(r'"([^"]+)"')
 _BOUNDARY = frozenset({",", ";", ":", "!", "?", "(", ")"})
 # Words that make a brand, category or use a shared one when they sit just before it (or, for
 # "too" and "as well", just after): "another Lumora lamp", "also in Desk Lamps", "Lumora too".
@@ -100,6 +101,7 @@ class _Table:
         }
         self.distinctive = {fid: words - own for fid, words in titles.items()}
         self.item_stems = own
+        self.names = {norm(f.value) for f in table.facts if f.kind in (FactKind.ITEM_TITLE, FactKind.HISTORY_ITEM, FactKind.TASTE)}
         self.item_words = {s for f in table.facts if f.kind in (FactKind.ITEM_TITLE, FactKind.ITEM_CATEGORY, FactKind.ITEM_BRAND) for s in content_stems(f.value)}
         # Everything each history item's own facts say of it: its title and what it shares with the item.
         self.own_words = {
@@ -136,7 +138,7 @@ def find_claims(text: str, table: FactTable) -> list[Claim]:
         claims += _history_claims(tokens, mentions, facts)
         claims += _relation_claims(tokens, values, like, mentions, named, facts, previous)
         claims += _together_claims(sentence, tokens, mentions, named, facts, previous)
-        claims += _rank_claims(tokens, facts)
+        claims += _rank_claims(_tokens(_QUOTED.sub(lambda m: " " if norm(m.group(1)) in facts.names else m.group(0), sentence)), facts)
         previous = mentions[-1] if mentions else previous
     return claims
 

@@ -23,10 +23,19 @@ PAST_TENSE = {
 
 def short_title(item: Item, limit: int = 80) -> str:
     """The title up to its first comma or bracket: product titles are long, a sentence wants the name."""
-    head = re.split(r"[,(\[]| - ", item.title, maxsplit=1)[0].strip()
+    head = re.split(r"[,(\[|]| - ", item.title, maxsplit=1)[0].strip()
     if len(head) < 8:
         head = item.title
-    return head if len(head) <= limit else head[:limit].rsplit(" ", 1)[0]
+    if len(head) > limit:
+        # Cut at a word, and not after a word that leaves the name hanging ("... Timer with").
+        words = head[:limit].rsplit(" ", 1)[0].split()
+        while len(words) > 1 and words[-1].lower().strip(",;:-&") in _HANGING:
+            words.pop()
+        head = " ".join(words)
+    return head
+
+
+_HANGING = frozenset("a an the and or of for with to in on by at from as".split() + ["", "&"])
 
 
 # Seller text that talks to the model instead of about the product ("ignore previous
@@ -127,13 +136,16 @@ def build_fact_table(
     # A reason a person can follow needs a relation; when the drivers have none, the history item
     # with one that also raised the score (or led retrieval to the item) is cited beside them.
     if not any(_has_relation(item, by_id[h][0], ties.get(h)) for h in driver_ids):
-        related = [h for h in dict.fromkeys([*raised, *ranked.matched_history]) if h in by_id and h not in driver_ids]
+        lowered = {a.history_item_id for a in ranked.attributions if a.contribution < 0}
+        related = [h for h in dict.fromkeys([*raised, *ranked.matched_history]) if h in by_id and h not in driver_ids and h not in lowered]
         driver_ids += [h for h in related if _has_relation(item, by_id[h][0], ties.get(h))][:1]
 
     # A variant of a history item (8 vs 24 pack) shortens to the same name: then both keep full titles.
     names = {item.item_id: short_title(item), **{i: short_title(by_id[i][0]) for i in driver_ids}}
     if len(set(names.values())) < len(names):
         names = {item.item_id: item.title, **{i: by_id[i][0].title for i in driver_ids}}
+    # A name sits in double quotes in the facts: an inch mark inside it ('13" Wide') becomes a ″.
+    names = {i: name.replace('"', "″") for i, name in names.items()}
 
     own = {"item_id": item.item_id}
     add(FactKind.ITEM_TITLE, f'The recommended item is "{names[item.item_id]}".', names[item.item_id], attribute="title", **own)

@@ -125,6 +125,7 @@ class _Sides:
         self.rank_without = next((f.value for f in facts if f.kind is FactKind.COUNTERFACTUAL), None)
         # The history item the counterfactual is about: 'Without "X" in your history ...'.
         self.counterfactual_item = next((_name_tokens(f.text.split('"')[1]) for f in facts if f.kind is FactKind.COUNTERFACTUAL and f.text.count('"') >= 2), None)
+        self.names = {_norm(f.value) for f in facts if f.kind in (FactKind.ITEM_TITLE, FactKind.HISTORY_ITEM, FactKind.TASTE)}
         self.popular = any(f.kind is FactKind.POPULAR for f in facts)
         self.new = any(f.kind is FactKind.NEW_ITEM for f in facts)
 
@@ -143,15 +144,18 @@ def check_grounding(text: str, table: FactTable) -> GroundingVerdict:
     # "You bought the 6061 Aluminum Round Rod" names the history item even when the recommended
     # item's title starts the same way: the recommended item is never one the shopper bought.
     cites_history = cites_history or any(c.kind in ("history", "taste") and c.matched for c in claims)
-    verdict = _word_verdict(text, sides, cites_history)
-    if verdict is None:
-        problem = first_problem(list(claims))
-        verdict = GroundingVerdict(False, problem.problem, (problem.words,), cites_history) if problem else GroundingVerdict(True, "ok", (), True)
+    problem = first_problem(list(claims))
+    verdict = (
+        _surface_verdict(text, sides, cites_history)
+        or (GroundingVerdict(False, problem.problem, (problem.words,), cites_history) if problem else None)
+        or _relation_verdict(text, sides, cites_history)
+        or GroundingVerdict(True, "ok", (), True)
+    )
     return replace(verdict, claims=claims)
 
 
-def _word_verdict(text: str, sides: _Sides, cites_history: bool) -> GroundingVerdict | None:
-    """The first word-level rule the text breaks, or None."""
+def _surface_verdict(text: str, sides: _Sides, cites_history: bool) -> GroundingVerdict | None:
+    """The first rule on the words themselves that the text breaks (form, vocabulary, names, praise), or None."""
     form = _form_problem(text, sides)
     if form:
         return GroundingVerdict(False, form[0], form[1], cites_history)
@@ -166,13 +170,20 @@ def _word_verdict(text: str, sides: _Sides, cites_history: bool) -> GroundingVer
     if unsupported:
         return GroundingVerdict(False, "not in the facts: " + ", ".join(unsupported), tuple(unsupported), cites_history)
 
-    for sentence in _sentences(text):
+    # A product's own name quoted whole ("Perfect-Prime TC41", "#8 Coarse Screws") is data: its
+    # words are neither praise nor ranks.
+    unquoted = _QUOTED.sub(lambda m: '" "' if _norm(m.group(1)) in sides.names else m.group(0), text)
+    for sentence in _sentences(unquoted):
         praise = [w for w in _words(sentence) if w in _PRAISE]
         if praise and "seller" not in _words(sentence):
             return GroundingVerdict(False, "praises the item: " + ", ".join(praise), tuple(praise), cites_history)
+    return None
 
+
+def _relation_verdict(text: str, sides: _Sides, cites_history: bool) -> GroundingVerdict | None:
+    """The first word-level rule on what the words are said of that the text breaks, or None."""
     for rule in (_offer_problem, _history_problem, _rank_problem):
-        problem = rule(text, sides)
+        problem = rule(text if rule is not _rank_problem else _QUOTED.sub(lambda m: m.group(0).replace("#", " ") if _norm(m.group(1)) in sides.names else m.group(0), text), sides)
         if problem:
             return GroundingVerdict(False, problem[0], problem[1], cites_history)
     if not cites_history:
@@ -188,7 +199,9 @@ def _form_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | Non
         return "is cut off: it does not end a sentence", (stripped[-20:],)
     if stripped.count('"') % 2 or stripped.count("“") != stripped.count("”"):
         return "is cut off: a quoted name is not closed", (stripped[-20:],)
-    last = (_words(stripped) or [""])[-1]
+    # A quoted name at the end ends with its own last word ("... Certificate of").
+    ends_with_name = bool(re.search(r'"([^"]*)"[.!?]$', stripped)) and _norm(re.search(r'"([^"]*)"[.!?]$', stripped).group(1)) in sides.names
+    last = "" if ends_with_name else (_words(stripped) or [""])[-1]
     if last in _DANGLING:
         return f'is cut off: it stops after "{last}"', (last,)
     if last and not last.isdigit() and _stem(last) not in sides.all and _stem(last) not in _CONNECTIVE_STEMS:
@@ -289,6 +302,7 @@ def _history_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | 
     return None
 
 
+_QUOTED = re.compile(r'"([^"]+)"')
 # A number said of the item: not a rank ("#3"), not a count of shoppers or of predicted items,
 # which the claim check matches to their own facts.
 _ITEM_NUMBER = re.compile(r"(?<![#\d])\d+(?:[.,/]\d+)*(?![\d.,/]*\d)(?!\s+(?:other\s+)?(?:shoppers?|customers?|people|buyers?|items)\b)")

@@ -42,7 +42,7 @@ EVENT_VERBS = {
     "bought": "bought", "purchased": "bought", "ordered": "bought", "buy": "bought",
     "looked": "looked", "viewed": "looked",
     "clicked": "clicked",
-    "added": "added", "carted": "added", "cart": "added",
+    "added": "added", "carted": "added",
 }
 VERB_EVENTS = {"bought": EventKind.PURCHASE, "looked": EventKind.VIEW, "clicked": EventKind.CLICK, "added": EventKind.CART}
 EVENT_WORDS = {EventKind.PURCHASE: "bought", EventKind.VIEW: "looked at", EventKind.CLICK: "clicked on", EventKind.CART: "added to your cart"}

@@ -122,10 +122,9 @@ def _assert_cold_start_slate(client, body, excluded=()):
 
 
 def _grounded(text, fact_table):
-    from whyrec.schema import Fact, FactKind, FactTable
+    from whyrec.schema import fact_table_from_json
 
-    facts = tuple(Fact(f["id"], FactKind(f["kind"]), f["text"], f["value"], f["about_history"]) for f in fact_table)
-    return check_grounding(text, FactTable("u", "i", facts)).passed
+    return check_grounding(text, fact_table_from_json(fact_table, "the logged fact table")).passed
 
 
 @pytest.mark.integration

@@ -67,9 +67,10 @@ def test_grounding_rejects_text_that_never_mentions_the_shoppers_history():
 
 def test_the_template_sentence_passes_the_grounding_check():
     text, facts = template_sentence(_table())
-    assert text == 'Because you bought "Lumora Clip Lamp", another Lumora product.'
+    assert text == 'Like "Lumora Clip Lamp", which you bought, it is made by Lumora.'
     assert check_grounding(text, _table()).passed
     assert {f.kind for f in facts} == {FactKind.HISTORY_ITEM, FactKind.SHARED_BRAND}
+    assert len({f.history_item_id for f in facts}) == 1  # the relation and the history fact are about the same item
 
 
 @pytest.mark.parametrize(

@@ -38,9 +38,19 @@ def test_metrics_separate_raw_from_shown_grounding_and_count_fallbacks():
 
 
 def test_a_reference_case_gives_a_fact_table_from_the_row_alone():
-    table = reference_fact_table(load_reference_cases(CASES)[1])
+    table = reference_fact_table(load_reference_cases(CASES)[0])
     assert [f.kind for f in table.facts] == [FactKind.ITEM_TITLE, FactKind.ITEM_ATTRIBUTE, FactKind.HISTORY_ITEM]
     assert check_grounding(template_sentence(table)[0], table).passed
+
+
+def test_a_reference_history_entry_that_summarises_the_shoppers_taste_is_a_taste_fact_not_a_purchase():
+    table = reference_fact_table(load_reference_cases(CASES)[1])  # history: "Likes fountain pens and bright ink"
+    assert [f.kind for f in table.facts] == [FactKind.ITEM_TITLE, FactKind.ITEM_ATTRIBUTE, FactKind.TASTE]
+    assert not any("You bought" in f.text for f in table.facts)
+    text = template_sentence(table)[0]
+    assert text == 'Picked for your taste: "Likes fountain pens and bright ink".' and check_grounding(text, table).passed
+    bought = check_grounding("Because you bought fountain pens and bright ink, here is the Pilot Iroshizuku Bottled Ink.", table)
+    assert not bought.passed and "taste" in bought.reason
 
 
 def test_a_malformed_reference_row_names_the_line_and_field(tmp_path):
@@ -57,7 +67,7 @@ def test_identical_texts_score_one_and_disjoint_texts_score_zero():
 
 
 def _table(user="u1", brand="Lumora"):
-    return FactTable(user, "lamp", (Fact("F1", FactKind.ITEM_TITLE, 'The recommended item is "Lamp".', "Lamp"), Fact("F2", FactKind.HISTORY_ITEM, f'You bought "{brand} Clip".', f"{brand} Clip", True)))
+    return FactTable(user, "lamp", (Fact("F1", FactKind.ITEM_TITLE, 'The recommended item is "Lamp".', "Lamp"), Fact("F2", FactKind.HISTORY_ITEM, f'You bought "{brand} Clip".', f"{brand} Clip", history_item_id="clip")))
 
 
 def test_the_cache_key_changes_with_shopper_facts_template_version_and_model():

@@ -305,9 +305,9 @@ def test_the_logged_prompts_of_a_real_slate_hold_item_facts_only(recorded):
 
 
 def _table(user_id, item):
-    from whyrec.schema import Fact, FactKind, FactTable
+    from whyrec.schema import fact_table_from_json
 
-    return FactTable(user_id, item.item_id, tuple(Fact(f.id, FactKind(f.kind), f.text, f.value, f.about_history) for f in item.fact_table))
+    return fact_table_from_json([f.model_dump() for f in item.fact_table], "the logged fact table", user_id, item.item_id)
 
 
 # ---- loopback by default ----

@@ -12,7 +12,7 @@ from whyrec.store import FeedbackKind, Store, UnknownImpression
 def _entry(item_id: str, text: str) -> RecommendedItem:
     facts = (
         Fact("F1", FactKind.ITEM_TITLE, f'The recommended item is "Item {item_id}".', f"Item {item_id}"),
-        Fact("F2", FactKind.HISTORY_ITEM, 'You bought "Stapler".', "Stapler", about_history=True),
+        Fact("F2", FactKind.HISTORY_ITEM, 'You bought "Stapler".', "Stapler", history_item_id="h1", event=EventKind.PURCHASE, position=1),
     )
     ranked = RankedItem(item_id, 1, 0.5, 2.25, ("h1",), (Attribution("h1", 0.75, 4),), 20, (0.1, 0.2, 0.3))
     explanation = Explanation(text, ExplanationSource.LLM, True, facts[1:], "shopper.v1", "smollm2", (Attempt("raw " + text, text, True, "ok"),))
