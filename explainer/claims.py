@@ -185,7 +185,19 @@ def _mentions(tokens: list[_Token], facts: _Table) -> list[_Mention]:
             mentions.append(_Mention(start, end, [fact], size))
         elif size == overlap.size and (start, end) == (overlap.start, overlap.end):
             overlap.subjects.append(fact)
+    for mention in mentions:
+        # Of titles with the same words, the one whose words come in the text's order is meant.
+        words = [t.stem for t in tokens[mention.start : mention.end + 1] if not t.boundary]
+        in_order = [s for s in mention.subjects if _in_order(words, name_tokens(s.value))] or mention.subjects
+        # And of those, the one the words name most completely ("Aaa 00" rather than "Aaa 0 00").
+        cover = {s.fact_id: len(set(words) & facts.stems[s.fact_id]) / max(1, len(facts.stems[s.fact_id])) for s in in_order}
+        mention.subjects = [s for s in in_order if cover[s.fact_id] == max(cover.values())]
     return sorted(mentions, key=lambda m: m.start)
+
+
+def _in_order(words: list[str], title: list[str]) -> bool:
+    it = iter(title)
+    return all(any(w == t for t in it) for w in words)
 
 
 # "and" is left out: "You bought A and B" joins two names far more often than a title holds it.
@@ -372,7 +384,7 @@ def _relation_claims(
             continue  # "Like X, this desk organizer is ...": the item's own noun, not a shared value
         covered |= set(span)
         subject = like or _subject_at(span[0], mentions, previous)
-        claims.append(_match_relation(value_fact.value, " ".join(tokens[i].raw for i in span), subject, facts))
+        claims.append(_match_relation(value_fact.value, " ".join(tokens[i].raw for i in span), subject, facts, _said_as(tokens, span[0])))
     claims += _another_claims(tokens, mentions, named | covered, facts, previous)
     return claims
 
@@ -407,9 +419,20 @@ def _like_subject(tokens: list[_Token], mentions: list[_Mention]) -> _Mention | 
     return None
 
 
-def _match_relation(value: str, words: str, subject: _Mention | None, facts: _Table) -> Claim:
+def _said_as(tokens: list[_Token], start: int) -> tuple[FactKind, ...]:
+    """What the words before a value make of it: a maker ("made by", "from"), a category ("in",
+    "category"), or either."""
+    before = [t.raw.lower() for t in tokens[max(0, start - 3) : start] if not t.boundary]
+    if before and before[-1] in ("by", "from") or "brand" in before or "maker" in before:
+        return (FactKind.SHARED_BRAND,)
+    if before and before[-1] == "in" or "category" in before:
+        return (FactKind.SHARED_CATEGORY,)
+    return _SHARED_KINDS
+
+
+def _match_relation(value: str, words: str, subject: _Mention | None, facts: _Table, kinds: tuple[FactKind, ...] = _SHARED_KINDS) -> Claim:
     target = name_tokens(value)
-    shared = [f for f in facts.facts if f.kind in _SHARED_KINDS and name_tokens(f.value) == target]
+    shared = [f for f in facts.facts if f.kind in kinds and name_tokens(f.value) == target]
     ids = [s.history_item_id for s in subject.subjects if s.history_item_id] if subject else [f.history_item_id for f in shared]
     match = next((f for f in shared if f.history_item_id in ids), None)
     subject_id = ids[0] if ids else None
@@ -479,7 +502,8 @@ def _together_claims(sentence: str, tokens: list[_Token], mentions: list[_Mentio
     told += [(m, None) for m in _WHO.finditer(sentence) if not any(cm.start() <= m.start() < cm.end() for cm, _ in told)]
     for match, n in told:
         tail = sentence[match.end() :]
-        verbs = set(re.findall(r"[a-z]+", tail.lower()))
+        # The shopper's own verbs ("... the shoe you bought ...") are not the counted shoppers'.
+        verbs = set(re.findall(r"[a-z]+", re.sub(r"\byou(?:'ve| have)?\s+(?:already\s+|recently\s+)?[a-z]+", " ", tail.lower())))
         kinds = []
         if verbs & _PURCHASE_WORDS:
             kinds.append(FactKind.BOUGHT_TOGETHER)
@@ -526,7 +550,7 @@ def _match_together(words: str, n: int | None, kinds: list[FactKind], subject: _
         counts = ", ".join(f"{f.fact_id}: {f.count}" for f in own)
         return Claim("together", words, subject_id, str(n), None, f'says {n} shoppers, but the facts count {counts} for "{named.value}"')
     if own:
-        fact = own[0]
+        fact = next((f for f in own if f.count == n), own[0])
         did = "bought" if fact.kind is FactKind.BOUGHT_TOGETHER else "only looked at"
         return Claim("together", words, subject_id, str(n), None, f'misstates what the counted shoppers did: in {fact.fact_id} they {did} it')
     where = f'"{named.value}" ({named.fact_id})' if named else "any history item"

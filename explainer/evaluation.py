@@ -32,6 +32,7 @@ def explanation_metrics(tables: list[FactTable], explanations: list[Explanation]
         return {"explanations": 0}
     first = [e.attempts[0] if e.attempts else None for e in explanations]
     shown_verdicts = [check_grounding(e.text, t) for t, e in zip(tables, explanations)]
+    shown_claims = [c for v in shown_verdicts for c in v.claims]
     unsupported = sum(1 for a in first if a is not None and not a.passed and not a.reason.startswith(_NOT_ABOUT_CONTENT))
     return {
         "explanations": n,
@@ -44,9 +45,23 @@ def explanation_metrics(tables: list[FactTable], explanations: list[Explanation]
         "raw_usr": unique_sentence_ratio([a.text for a in first if a is not None]),
         "mean_words": sum(len(e.text.split()) for e in explanations) / n,
         "history_citation_rate": sum(v.cites_history for v in shown_verdicts) / n,
+        "claims_per_text": len(shown_claims) / n,
+        # Claims in shown texts that no single fact with the same subjects states: must be 0.
+        "shown_unsupported_claims": sum(not c.matched for c in shown_claims),
+        "shown_failing_texts": sum(not v.passed for v in shown_verdicts),
+        "template_share": sum(1 for e in explanations if e.source is ExplanationSource.TEMPLATE) / n,
+        # Shown reasons that name a history item and nothing it shares with the item or that other shoppers did.
+        "bare_reason_rate": sum(_bare(v) for v in shown_verdicts) / n,
+        "third_person_or_cut_off": sum(v.reason.startswith(("is cut off", "speaks of the shopper")) for v in shown_verdicts),
         "seconds_per_explanation": seconds / n,
         "explanations_per_second": n / seconds if seconds > 0 else None,
     }
+
+
+def _bare(verdict) -> bool:
+    """A shown text whose only claims are history items (no relation, count, taste or rank)."""
+    kinds = {c.kind for c in verdict.claims}
+    return bool(kinds) and kinds <= {"history", "history_words"}
 
 
 def first_answer_metrics(explainer, tables: list[FactTable]) -> dict:

@@ -92,13 +92,27 @@ def load_labelled_sentences(path: Path = DEFAULT_LABELS) -> list[LabelledSentenc
 
 
 def evaluate_grounding_check(sentences: list[LabelledSentence]) -> dict:
-    """Precision/recall of the check at rejecting unsupported sentences, over all sentences and per
-    split, plus what it got wrong."""
+    """Precision/recall of the check at rejecting unsupported sentences, over all sentences, per
+    split and per class (`kind`), plus what it got wrong. `by_class` and `before_rules_by_class`
+    give, for each unsupported class, the share the check rejects (recall) and, for each
+    supported class, the share it accepts; `before_rules` is the half written blind to the rules."""
     report = _scores(sentences)
     report["by_split"] = {split: _scores([s for s in sentences if s.split == split]) for split in sorted({s.split for s in sentences})}
     for scores in report["by_split"].values():
         del scores["missed"], scores["wrongly_rejected"]
+    report["by_class"] = _by_class(sentences)
+    report["before_rules_by_class"] = _by_class([s for s in sentences if s.split == "before_rules"])
     return report
+
+
+def _by_class(sentences: list[LabelledSentence]) -> dict:
+    out = {}
+    for kind in sorted({s.kind for s in sentences}):
+        members = [s for s in sentences if s.kind == kind]
+        supported = members[0].supported
+        right = sum(check_grounding(s.text, s.table).passed == s.supported for s in members)
+        out[kind] = {"sentences": len(members), "supported": supported, ("accepted" if supported else "rejected"): right / len(members)}
+    return out
 
 
 def _scores(sentences: list[LabelledSentence]) -> dict:

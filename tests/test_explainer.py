@@ -152,6 +152,32 @@ def test_the_grounding_check_catches_the_labelled_inventions_without_rejecting_t
     assert report["by_split"]["heldout"]["recall"] >= 0.9
 
 
+# The claim classes of the labelled set: a relation spliced onto another history item, counts,
+# verbs, attributes moved between the item and a history item, cut-off text, taste summaries, "the user".
+CLAIM_CLASSES = {"splice_brand", "splice_category", "splice_use", "count_altered", "together_verb", "wrong_verb",
+                 "item_attr_to_history", "history_attr_to_item", "truncated", "taste_as_item", "third_person"}
+
+
+def test_the_labelled_set_has_the_claim_classes_on_all_three_shops_and_a_half_written_before_the_rules():
+    sentences = load_labelled_sentences()
+    new = [s for s in sentences if s.split in ("before_rules", "claims_dev")]
+    before = [s for s in new if s.split == "before_rules"]
+    assert len(new) >= 150 and len(before) >= len(new) / 2
+    assert {s.kind for s in before if not s.supported} >= CLAIM_CLASSES
+    assert {s.table.user_id[:1] for s in new} >= {"u", "c"}  # sample-shop shoppers and taste cases beside the Amazon ids
+    assert sum(s.supported for s in before) >= 0.4 * len(before)  # as many true paraphrases: a check that rejects everything fails
+
+
+@pytest.mark.parametrize("split", ["before_rules", "claims_dev"])
+def test_the_check_rejects_every_labelled_splice_and_accepts_nearly_every_true_sentence(split):
+    sentences = [s for s in load_labelled_sentences() if s.split == split]
+    splices = [s for s in sentences if "splice" in s.kind]
+    true = [s for s in sentences if s.supported]
+    assert splices and all(not check_grounding(s.text, s.table).passed for s in splices), [s.text for s in splices if check_grounding(s.text, s.table).passed]
+    accepted = [s for s in true if check_grounding(s.text, s.table).passed]
+    assert len(accepted) >= 0.95 * len(true), [(s.text, check_grounding(s.text, s.table).reason) for s in true if s not in accepted]
+
+
 @pytest.mark.parametrize(
     "text, reason",
     [

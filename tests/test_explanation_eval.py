@@ -116,3 +116,27 @@ def test_a_cached_explanation_costs_no_generation(slice_recommender, slice_catal
     again = explainer.explain(tables)
     assert shared.chat_model.generations == generated
     assert again == first and explainer.cache.stats()["hits"] == 2
+
+
+def test_metrics_count_the_claims_of_shown_texts_and_any_that_no_fact_supports():
+    from tests.test_claims import _socks_table
+
+    table = _socks_table()
+    text, facts = template_sentence(table)
+    spliced = 'Because you looked at "Trailhead Insulated Water Bottle", another Stridewell product.'
+    shown = [Explanation(text, ExplanationSource.TEMPLATE, False, facts), Explanation(spliced, ExplanationSource.LLM, True, facts)]
+    metrics = explanation_metrics([table, table], shown, seconds=1.0)
+    assert metrics["claims_per_text"] == 2.0 and metrics["template_share"] == 0.5
+    assert metrics["shown_unsupported_claims"] == 1 and metrics["shown_failing_texts"] == 1
+    assert metrics["bare_reason_rate"] == 0.0
+    bare = Explanation('Because you bought "Stridewell Road Running Shoe".', ExplanationSource.TEMPLATE, False, facts)
+    assert explanation_metrics([table], [bare], seconds=1.0)["bare_reason_rate"] == 1.0
+
+
+def test_the_check_is_scored_per_class_on_all_sentences_and_on_the_half_written_before_the_rules():
+    from whyrec.explainer.grounding_eval import evaluate_grounding_check, load_labelled_sentences
+
+    report = evaluate_grounding_check(load_labelled_sentences())
+    assert report["by_class"]["splice_brand"]["rejected"] == 1.0
+    assert report["before_rules_by_class"]["collaborative"]["supported"] is True
+    assert set(report["by_split"]) >= {"dev", "heldout", "before_rules", "claims_dev"}

@@ -14,12 +14,22 @@ from whyrec import prompt_lab
 from whyrec.config import Settings
 from whyrec.errors import WhyrecError
 from whyrec.explainer.templates import builtin_prompt_dir, parse_template
-from whyrec.schema import WhyNot
+from whyrec.explainer import GroundingVerdict, check_grounding
+from whyrec.schema import FactTable, WhyNot
 from whyrec.service import WhyrecService
 from whyrec.store import ImpressionItemRecord, ImpressionRecord
 
 IMPRESSION_COLUMNS = ["served at (UTC)", "impression", "kind", "position", "rank", "source", "grounded", "prompt version"]
 METRIC_COLUMNS = ["template", "grounded rate", "fallback rate", "USR", "mean words", "s / item"]
+CLAIM_COLUMNS = ["claim", "words", "matched", "fact", "why not"]
+
+
+def claim_rows(verdict: GroundingVerdict, table: FactTable) -> list[list]:
+    """One row per claim the sentence makes: the fact that states it, or why none does."""
+    return [
+        [c["kind"], c["words"], "yes" if c["matched"] else "no", f"{c['fact_id']}: {c['fact_text']}" if c["matched"] else "", c["problem"] or ""]
+        for c in verdict.to_dict(table)["claims"]
+    ]
 
 
 def parse_time(text: str) -> datetime | None:
@@ -234,3 +244,26 @@ def prompt_lab_view(service: WhyrecService, settings: Settings) -> None:
     l_status = gr.Markdown(elem_id="lab-status")
     l_run.click(run_lab, [l_text, l_n], [l_metrics, l_samples, l_diff])
     l_save.click(save, [l_text], [l_status])
+
+    def check_sentence(user_id: str, item_id: str, sentence: str):
+        try:
+            if not sentence.strip():
+                raise WhyrecError("write the sentence to check")
+            table = service.why_not(user_id.strip(), item_id.strip(), settings.shop_k).fact_table
+        except WhyrecError as exc:
+            raise gr.Error(str(exc))
+        verdict = check_grounding(sentence, table)
+        outcome = "**passes** the check" if verdict.passed else f"**fails** the check: {html.escape(verdict.reason)}"
+        facts = [[f.fact_id, f.kind.value, f.text] for f in table.facts]
+        return f"The sentence {outcome}.", claim_rows(verdict, table), facts
+
+    gr.Markdown("### Check a sentence\nThe claims a sentence makes about a shopper's item, each with the fact that states it (the same check every shown reason passes).")
+    with gr.Row():
+        c_user = gr.Textbox(label="Shopper id", elem_id="lab-check-shopper")
+        c_item = gr.Textbox(label="Item id", elem_id="lab-check-item")
+    c_text = gr.Textbox(label="Sentence", elem_id="lab-check-text")
+    c_run = gr.Button("Check", elem_id="lab-check-run")
+    c_verdict = gr.Markdown(elem_id="lab-check-verdict")
+    c_claims = gr.Dataframe(headers=CLAIM_COLUMNS, label="Claims", elem_id="lab-check-claims", interactive=False, wrap=True)
+    c_facts = gr.Dataframe(headers=["id", "kind", "fact"], label="Fact table", elem_id="lab-check-facts", interactive=False, wrap=True)
+    c_run.click(check_sentence, [c_user, c_item, c_text], [c_verdict, c_claims, c_facts])

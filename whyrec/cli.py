@@ -246,6 +246,7 @@ def eval_sasrec(
 def eval_explanations(
     data: Optional[Path] = DataOption,
     users: int = typer.Option(200, min=1, help="Held-out shoppers (never used by `whyrec explainer tune`), a seeded sample."),
+    all_shoppers: bool = typer.Option(False, "--all-shoppers", help="Every shopper of the data instead of a sample of held-out ones (for a shop the adapter was not tuned on)."),
     k: int = typer.Option(1, "-k", "--k", min=1, max=20, help="Explanations per shopper (the top k of their slate)."),
     batch_users: int = typer.Option(8, "--batch-users", min=1, help="Shoppers whose slates go to the generator as one batch; latency is reported per explanation."),
     seed: int = typer.Option(0, help="Seed of the shopper sample."),
@@ -285,7 +286,7 @@ def eval_explanations(
     recommender = Recommender.load(settings)
     explainer = recommender.explainer
     held_out = [u for u in recommender.catalog.users if is_held_out(u)]
-    sample = random.Random(seed).sample(held_out, min(users, len(held_out)))
+    sample = list(recommender.catalog.users) if all_shoppers else random.Random(seed).sample(held_out, min(users, len(held_out)))
     tables = [t for user in tqdm(sample, desc="ranking held-out shoppers") for t in recommender.rank(user, k).tables]
     # Slates of `batch_users` shoppers go to the generator together, as a busy service would send them.
     explanations, seconds, step = [], 0.0, batch_users * k
@@ -307,7 +308,8 @@ def eval_explanations(
     # The keys later checks read sit at the top level.
     report.update({key: report["explanations"][key] for key in (
         "raw_grounded_rate", "shown_grounded_rate", "fallback_rate", "unsupported_claim_rate", "usr",
-        "mean_words", "history_citation_rate", "seconds_per_explanation", "explanations_per_second")})
+        "mean_words", "history_citation_rate", "seconds_per_explanation", "explanations_per_second",
+        "claims_per_text", "shown_unsupported_claims", "template_share", "bare_reason_rate")})
     if references is not None:
         report["reference"] = _reference_scores(references, explainer, settings)
     if as_json:
@@ -315,7 +317,11 @@ def eval_explanations(
         return
     check = report["grounding_check"]
     print(f"grounding check on {check['sentences']} labelled sentences: precision {check['precision']:.3f}, recall {check['recall']:.3f}")
-    for key in ("raw_grounded_rate", "shown_grounded_rate", "fallback_rate", "unsupported_claim_rate", "usr", "mean_words", "history_citation_rate", "seconds_per_explanation", "explanations_per_second"):
+    before = check["by_split"].get("before_rules")
+    if before:
+        print(f"  on the {before['sentences']} written before the claim rules: precision {before['precision']:.3f}, recall {before['recall']:.3f}")
+    for key in ("raw_grounded_rate", "shown_grounded_rate", "fallback_rate", "unsupported_claim_rate", "usr", "mean_words", "history_citation_rate",
+                "claims_per_text", "shown_unsupported_claims", "template_share", "bare_reason_rate", "seconds_per_explanation", "explanations_per_second"):
         print(f"{key:<26}{report[key]:.4f}")
     if "reference" in report:
         print("reference: " + ", ".join(f"{k} {v:.4f}" for k, v in report["reference"].items() if isinstance(v, float)))
