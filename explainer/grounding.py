@@ -25,20 +25,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from whyrec.explainer.lexicon import CLAUSE as _CLAUSE
-from whyrec.explainer.lexicon import CONNECTIVE_STEMS as _CONNECTIVE_STEMS
-from whyrec.explainer.lexicon import CONNECTIVES
-from whyrec.explainer.lexicon import EVENT_VERBS as _EVENT_VERBS
-from whyrec.explainer.lexicon import sentences as _sentences
-from whyrec.explainer.lexicon import content_stems as _content_stems
-from whyrec.explainer.lexicon import name_tokens as _name_tokens
-from whyrec.explainer.lexicon import norm as _norm
-from whyrec.explainer.lexicon import numbers as _numbers
-from whyrec.explainer.lexicon import stem as _stem
-from whyrec.explainer.lexicon import vocabulary as _vocabulary
-from whyrec.explainer.lexicon import words as _words
+from whyrec.explainer import lexicon
+from whyrec.explainer.lexicon import CONNECTIVES, EVENT_WORDS
 from whyrec.explainer.claims import Claim, find_claims, first_problem
-from whyrec.explainer.lexicon import EVENT_WORDS
 from whyrec.schema import Fact, FactKind, FactTable
 
 # A word, or one punctuation mark that ends a name (a comma, a colon, a bracket, a quote).
@@ -48,7 +37,7 @@ _NAME_JOINERS = frozenset({"with", "and", "of", "for", "the", "in", "on", "&", "
 # Where two separate names may meet inside one run ("Canon Matte Photo Paper and Canon 4x6 ...").
 _NAME_SPLITS = frozenset({"and", "in", "the", "by", "on"})
 
-_HISTORY_CONTEXT = frozenset(_EVENT_VERBS) | {"without", "history", "like"}
+_HISTORY_CONTEXT = frozenset(lexicon.EVENT_VERBS) | {"without", "history", "like"}
 # Words that start a description of the recommended item.
 _OFFER_WORDS = frozenset({"suggest", "suggested", "recommend", "here", "here's", "this", "these", "try", "consider"})
 
@@ -99,7 +88,7 @@ class _Sides:
     def __init__(self, table: FactTable):
         facts = table.facts
         self.all_text = " ".join(f"{f.text} {f.value}" for f in facts)
-        self.all = _vocabulary([self.all_text])
+        self.all = lexicon.vocabulary([self.all_text])
         item_texts = [f"{f.text} {f.value}" for f in facts if not f.about_history]
         # Shared facts state something true of the item too (its brand, category, use); of the
         # counterfactual only the number is about the item.
@@ -108,24 +97,24 @@ class _Sides:
         # check ties it to its history item.
         item_texts += [re.sub(r'"[^"]*"', " ", f.text) for f in facts if f.kind in (FactKind.BOUGHT_TOGETHER, FactKind.VIEWED_TOGETHER, FactKind.OFTEN_NEXT)]
         self.item_text = " ".join(item_texts)
-        self.item = _vocabulary(item_texts)
-        self.item_numbers = _numbers(" ".join(f"{f.text} {f.value}" for f in facts if not f.about_history and f.kind is not FactKind.RANK))
+        self.item = lexicon.vocabulary(item_texts)
+        self.item_numbers = lexicon.numbers(" ".join(f"{f.text} {f.value}" for f in facts if not f.about_history and f.kind is not FactKind.RANK))
         history_texts = [f.value for f in facts if f.kind in (FactKind.HISTORY_ITEM, FactKind.SHARED_BRAND, FactKind.SHARED_USE, FactKind.TASTE)]
         self.history_text = " ".join(history_texts)
-        self.history = _vocabulary(history_texts)
-        self.item_names = [_name_tokens(f.value) for f in facts if f.kind is FactKind.ITEM_TITLE]
-        self.history_names = [_name_tokens(f.value) for f in facts if f.kind is FactKind.HISTORY_ITEM]
+        self.history = lexicon.vocabulary(history_texts)
+        self.item_names = [lexicon.name_tokens(f.value) for f in facts if f.kind is FactKind.ITEM_TITLE]
+        self.history_names = [lexicon.name_tokens(f.value) for f in facts if f.kind is FactKind.HISTORY_ITEM]
         # Each history item with the verb of its recorded event ("bought", "looked", ...).
-        self.history_events = [(_name_tokens(f.value), _event_verb(f)) for f in facts if f.kind is FactKind.HISTORY_ITEM]
-        self.fact_names = [_name_tokens(f"{f.text} {f.value}") for f in facts]
-        self.shared_brands = {_norm(f.value) for f in facts if f.kind is FactKind.SHARED_BRAND}
-        self.item_brand = next((_norm(f.value) for f in facts if f.kind is FactKind.ITEM_BRAND), None)
+        self.history_events = [(lexicon.name_tokens(f.value), _event_verb(f)) for f in facts if f.kind is FactKind.HISTORY_ITEM]
+        self.fact_names = [lexicon.name_tokens(f"{f.text} {f.value}") for f in facts]
+        self.shared_brands = {lexicon.norm(f.value) for f in facts if f.kind is FactKind.SHARED_BRAND}
+        self.item_brand = next((lexicon.norm(f.value) for f in facts if f.kind is FactKind.ITEM_BRAND), None)
         self.event_verbs = {verb for _, verb in self.history_events}
         self.rank = next((f.value for f in facts if f.kind is FactKind.RANK), None)
         self.rank_without = next((f.value for f in facts if f.kind is FactKind.COUNTERFACTUAL), None)
         # The history item the counterfactual is about: 'Without "X" in your history ...'.
-        self.counterfactual_item = next((_name_tokens(f.text.split('"')[1]) for f in facts if f.kind is FactKind.COUNTERFACTUAL and f.text.count('"') >= 2), None)
-        self.names = {_norm(f.value) for f in facts if f.kind in (FactKind.ITEM_TITLE, FactKind.HISTORY_ITEM, FactKind.TASTE)}
+        self.counterfactual_item = next((lexicon.name_tokens(f.text.split('"')[1]) for f in facts if f.kind is FactKind.COUNTERFACTUAL and f.text.count('"') >= 2), None)
+        self.names = {lexicon.norm(f.value) for f in facts if f.kind in (FactKind.ITEM_TITLE, FactKind.HISTORY_ITEM, FactKind.TASTE)}
         self.popular = any(f.kind is FactKind.POPULAR for f in facts)
         self.new = any(f.kind is FactKind.NEW_ITEM for f in facts)
 
@@ -138,7 +127,7 @@ def check_grounding(text: str, table: FactTable) -> GroundingVerdict:
         return GroundingVerdict(False, "empty text")
     sides = _Sides(table)
     # With no history facts, the reason a shopper sees the item is its popularity or newness.
-    no_history_reason = (sides.popular and "popular" in _words(text)) or (sides.new and "new" in _words(text))
+    no_history_reason = (sides.popular and "popular" in lexicon.words(text)) or (sides.new and "new" in lexicon.words(text))
     cites_history = _cites_history(text, table) or (no_history_reason and not table.history_facts())
     claims = tuple(find_claims(text, table))
     # "You bought the 6061 Aluminum Round Rod" names the history item even when the recommended
@@ -160,9 +149,9 @@ def _surface_verdict(text: str, sides: _Sides, cites_history: bool) -> Grounding
     if form:
         return GroundingVerdict(False, form[0], form[1], cites_history)
 
-    unsupported = [n for n in sorted(_numbers(text) - _numbers(sides.all_text))]
-    for word in _words(text):
-        if word.isdigit() or _stem(word) in sides.all or _stem(word) in _CONNECTIVE_STEMS:
+    unsupported = [n for n in sorted(lexicon.numbers(text) - lexicon.numbers(sides.all_text))]
+    for word in lexicon.words(text):
+        if word.isdigit() or lexicon.stem(word) in sides.all or lexicon.stem(word) in lexicon.CONNECTIVE_STEMS:
             continue
         if word not in unsupported:
             unsupported.append(word)
@@ -172,10 +161,10 @@ def _surface_verdict(text: str, sides: _Sides, cites_history: bool) -> Grounding
 
     # A product's own name quoted whole ("Perfect-Prime TC41", "#8 Coarse Screws") is data: its
     # words are neither praise nor ranks.
-    unquoted = _QUOTED.sub(lambda m: '" "' if _norm(m.group(1)) in sides.names else m.group(0), text)
-    for sentence in _sentences(unquoted):
-        praise = [w for w in _words(sentence) if w in _PRAISE]
-        if praise and "seller" not in _words(sentence):
+    unquoted = _QUOTED.sub(lambda m: '" "' if lexicon.norm(m.group(1)) in sides.names else m.group(0), text)
+    for sentence in lexicon.sentences(unquoted):
+        praise = [w for w in lexicon.words(sentence) if w in _PRAISE]
+        if praise and "seller" not in lexicon.words(sentence):
             return GroundingVerdict(False, "praises the item: " + ", ".join(praise), tuple(praise), cites_history)
     return None
 
@@ -183,7 +172,7 @@ def _surface_verdict(text: str, sides: _Sides, cites_history: bool) -> Grounding
 def _relation_verdict(text: str, sides: _Sides, cites_history: bool) -> GroundingVerdict | None:
     """The first word-level rule on what the words are said of that the text breaks, or None."""
     for rule in (_offer_problem, _history_problem, _rank_problem):
-        problem = rule(text if rule is not _rank_problem else _QUOTED.sub(lambda m: m.group(0).replace("#", " ") if _norm(m.group(1)) in sides.names else m.group(0), text), sides)
+        problem = rule(text if rule is not _rank_problem else _QUOTED.sub(lambda m: m.group(0).replace("#", " ") if lexicon.norm(m.group(1)) in sides.names else m.group(0), text), sides)
         if problem:
             return GroundingVerdict(False, problem[0], problem[1], cites_history)
     if not cites_history:
@@ -200,12 +189,12 @@ def _form_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | Non
     if stripped.count('"') % 2 or stripped.count("“") != stripped.count("”"):
         return "is cut off: a quoted name is not closed", (stripped[-20:],)
     # A quoted name at the end ends with its own last word ("... Certificate of").
-    ends_with_name = bool(re.search(r'"([^"]*)"[.!?]$', stripped)) and _norm(re.search(r'"([^"]*)"[.!?]$', stripped).group(1)) in sides.names
-    last = "" if ends_with_name else (_words(stripped) or [""])[-1]
+    ends_with_name = bool(re.search(r'"([^"]*)"[.!?]$', stripped)) and lexicon.norm(re.search(r'"([^"]*)"[.!?]$', stripped).group(1)) in sides.names
+    last = "" if ends_with_name else (lexicon.words(stripped) or [""])[-1]
     if last in _DANGLING:
         return f'is cut off: it stops after "{last}"', (last,)
-    if last and not last.isdigit() and _stem(last) not in sides.all and _stem(last) not in _CONNECTIVE_STEMS:
-        if any(w.startswith(last) and w != last for w in _words(sides.all_text)):
+    if last and not last.isdigit() and lexicon.stem(last) not in sides.all and lexicon.stem(last) not in lexicon.CONNECTIVE_STEMS:
+        if any(w.startswith(last) and w != last for w in lexicon.words(sides.all_text)):
             return f'is cut off mid-word: "{last}"', (last,)
     third = _THIRD_PERSON.search(stripped)
     if third:
@@ -216,10 +205,10 @@ def _form_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | Non
 def _offer_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | None:
     """Words describing the recommended item must come from facts about it, and a history item
     is not offered as the recommendation."""
-    for sentence in _sentences(text):
+    for sentence in lexicon.sentences(text):
         offering = False
-        for clause in _CLAUSE.split(sentence):
-            words = _words(clause)
+        for clause in lexicon.CLAUSE.split(sentence):
+            words = lexicon.words(clause)
             if not words:
                 continue
             start = next((i for i, w in enumerate(words) if w in _OFFER_WORDS), None)
@@ -242,10 +231,10 @@ def _offer_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | No
             if not offering:
                 continue
             for name in _names(clause):
-                tokens = _name_tokens(name)
+                tokens = lexicon.name_tokens(name)
                 if any(_subsequence(tokens, h) for h in sides.history_names) and not any(_subsequence(tokens, i) for i in sides.item_names):
                     return f'presents "{name}", an item from the history, as the recommendation', (name,)
-            foreign = [w for w in words if not w.isdigit() and _stem(w) not in sides.item and _stem(w) not in _CONNECTIVE_STEMS]
+            foreign = [w for w in words if not w.isdigit() and lexicon.stem(w) not in sides.item and lexicon.stem(w) not in lexicon.CONNECTIVE_STEMS]
             # Numbers after "#" are ranks (checked below); any other number must be the item's own.
             foreign += sorted({n.replace(",", "") for n in _ITEM_NUMBER.findall(clause)} - sides.item_numbers)
             if foreign:
@@ -258,10 +247,10 @@ def _offer_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | No
 
 def _brand_problem(clause: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | None:
     for match in re.finditer(r"\b(another|other|more|made by|from|by)\s+((?:[A-Z0-9][\w&'’\-]*\s*)+)", clause):
-        trigger, run = match.group(1), _norm(match.group(2))
+        trigger, run = match.group(1), lexicon.norm(match.group(2))
         brand = sides.item_brand
         if brand is None or not run.startswith(brand):
-            if trigger in ("from", "by") and any(_subsequence(_name_tokens(match.group(2)), i) for i in sides.item_names):
+            if trigger in ("from", "by") and any(_subsequence(lexicon.name_tokens(match.group(2)), i) for i in sides.item_names):
                 continue
             return f'names "{match.group(2).strip()}" as the maker, not the recommended item\'s brand', (match.group(2).strip(),)
         if trigger in ("another", "other", "more") and brand not in sides.shared_brands:
@@ -271,32 +260,32 @@ def _brand_problem(clause: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | 
 
 def _history_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | None:
     """What the text says the shopper did must be what the history facts record."""
-    for clause in _CLAUSE.split(text):
-        words = _words(clause)
+    for clause in lexicon.CLAUSE.split(text):
+        words = lexicon.words(clause)
         # Other shoppers' verbs ("12 shoppers who bought it went on to buy this") are not the shopper's.
         others = next((i for i, w in enumerate(words) if w in _OTHER_SHOPPERS), len(words))
-        verbs = [w for w in words[:others] if w in _EVENT_VERBS]
+        verbs = [w for w in words[:others] if w in lexicon.EVENT_VERBS]
         if not verbs:
             continue
         for verb in verbs:
-            if _EVENT_VERBS[verb] not in sides.event_verbs:
+            if lexicon.EVENT_VERBS[verb] not in sides.event_verbs:
                 recorded = " / ".join(sorted(sides.event_verbs)) or "nothing"
                 return f'says the shopper {verb} something, but the history records: {recorded}', (verb,)
         # Up to where the clause turns to the recommended item ("... you bought is why this X is here").
         turn = re.search(r"\b(" + "|".join(sorted(_OFFER_WORDS)) + r")\b", clause[clause.lower().find(verbs[0]) :], re.IGNORECASE)
         about_history = clause[: clause.lower().find(verbs[0]) + turn.start()] if turn else clause
         for name in _names(about_history):
-            tokens = _name_tokens(name)
+            tokens = lexicon.name_tokens(name)
             if any(_subsequence(tokens, i) for i in sides.item_names) and not any(_subsequence(tokens, h) for h in sides.history_names):
                 return f'says the shopper already has "{name}", the recommended item', (name,)
             recorded = {verb for h, verb in sides.history_events if _subsequence(tokens, h)}
-            wrong = [v for v in verbs if recorded and _EVENT_VERBS[v] not in recorded]
+            wrong = [v for v in verbs if recorded and lexicon.EVENT_VERBS[v] not in recorded]
             if wrong:
                 return f'says the shopper {wrong[0]} "{name}", but the history records they {" / ".join(sorted(recorded))} it', (wrong[0],)
         # The words after the event verb, up to where the clause turns to the item, name what they did.
         start = words.index(verbs[0]) + 1
         end = next((i for i, w in enumerate(words[start:], start) if w in _OFFER_WORDS or w in ("so", "we")), len(words))
-        claimed = [w for w in words[start:end] if _stem(w) not in _CONNECTIVE_STEMS and not w.isdigit() and _stem(w) not in sides.history]
+        claimed = [w for w in words[start:end] if lexicon.stem(w) not in lexicon.CONNECTIVE_STEMS and not w.isdigit() and lexicon.stem(w) not in sides.history]
         if claimed:
             return "says the shopper has something the history does not show: " + ", ".join(claimed), tuple(claimed)
     return None
@@ -312,17 +301,17 @@ _OTHER_SHOPPERS = frozenset({"shopper", "shoppers", "customer", "customers", "pe
 def _event_verb(fact: Fact) -> str:
     """The verb of a history fact's event ("looked" for a view)."""
     if fact.event is not None:
-        return _EVENT_VERBS[EVENT_WORDS[fact.event].split()[0]]
-    return next((_EVENT_VERBS[w] for w in _words(fact.text)[:3] if w in _EVENT_VERBS), "bought")
+        return lexicon.EVENT_VERBS[EVENT_WORDS[fact.event].split()[0]]
+    return next((lexicon.EVENT_VERBS[w] for w in lexicon.words(fact.text)[:3] if w in lexicon.EVENT_VERBS), "bought")
 
 
 def _rank_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | None:
     """"#A instead of #B" and "from #A to #B" must put the counterfactual and the rank the right way
     round, and be told of the history item the counterfactual is about and of the recommended item."""
-    for sentence in _sentences(text):
+    for sentence in lexicon.sentences(text):
         if "#" in sentence:
             for name in _names(sentence):
-                tokens = _name_tokens(name)
+                tokens = lexicon.name_tokens(name)
                 if any(_subsequence(tokens, i) for i in sides.item_names):
                     continue
                 if any(_subsequence(tokens, h) for h in sides.history_names) and not (sides.counterfactual_item and _subsequence(tokens, sides.counterfactual_item)):
@@ -331,7 +320,7 @@ def _rank_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | Non
             tail = sentence[subject.start() - 80 if subject and subject.start() > 80 else 0 : subject.start()] if subject else ""
             after_without = re.split(r"\bhistory\b|,", tail)[-1]
             for name in _names(after_without):
-                tokens = _name_tokens(name)
+                tokens = lexicon.name_tokens(name)
                 if any(_subsequence(tokens, h) for h in sides.history_names) and not any(_subsequence(tokens, i) for i in sides.item_names):
                     return f'says "{name}", an item from the history, is what would rank there', (name,)
         pairs = [(m.group(1), m.group(2), "instead") for m in re.finditer(r"#(\d+)\s*(?:,\s*not|instead of|rather than)\s*#(\d+)", sentence)]
@@ -351,15 +340,15 @@ def _rank_problem(text: str, sides: _Sides) -> tuple[str, tuple[str, ...]] | Non
 def _cites_history(text: str, table: FactTable) -> bool:
     """The text names a history item: enough of the words that set its name apart from the
     recommended item's own name and brand (so "another Lumora lamp" alone does not count)."""
-    text_words = _content_stems(text)
+    text_words = lexicon.content_stems(text)
     own = set()
     for fact in table.facts:
         if fact.kind in (FactKind.ITEM_TITLE, FactKind.ITEM_BRAND):
-            own |= _content_stems(fact.value)
+            own |= lexicon.content_stems(fact.value)
     for fact in table.facts:
         if fact.kind not in (FactKind.HISTORY_ITEM, FactKind.TASTE):
             continue
-        name = _content_stems(fact.value)
+        name = lexicon.content_stems(fact.value)
         distinctive = name - own or name
         if text_words & distinctive and len(text_words & name) >= min(2, len(name)):
             return True
@@ -392,7 +381,7 @@ def _names(text: str) -> list[str]:
 
 
 def _name_supported(name: str, sides: _Sides) -> bool:
-    tokens = _name_tokens(name)
+    tokens = lexicon.name_tokens(name)
     # Glue words may differ from the title's ("Keychron K8 Pro with Brown Switches" for
     # "Keychron K8 Pro Mechanical Keyboard, Brown Switches"), within one product's own title.
     glued = [t for t in tokens if t not in _NAME_JOINERS]
@@ -431,10 +420,10 @@ def _subsequence(needle: list[str], haystack: list[str]) -> bool:
 
 def cited_facts(text: str, table: FactTable) -> list[str]:
     """Ids of the facts whose values the text uses (for models that do not list their sources)."""
-    text_words = _content_stems(text)
+    text_words = lexicon.content_stems(text)
     ids = []
     for fact in table.facts:
-        value_words = _content_stems(fact.value)
+        value_words = lexicon.content_stems(fact.value)
         if value_words and len(text_words & value_words) >= min(2, len(value_words)):
             ids.append(fact.fact_id)
     return ids

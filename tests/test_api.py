@@ -103,6 +103,31 @@ def test_an_agent_retrieves_the_exact_text_facts_and_prompt_version_that_were_sh
     assert "[F1]" in logged["prompt"][-1]["content"]  # the rendered facts block, not the template
 
 
+def _names(item) -> set[str]:
+    """How a fact table may name an item: its short or full title, an inch mark written as ″."""
+    return {name.replace('"', "″") for name in (short_title(item), item.title)}
+
+
+def test_each_served_item_carries_its_whole_fact_table_with_subject_ids(client, slice_catalog):
+    user = slice_catalog.users[14]
+    history = set(slice_catalog.sequence(user))
+    for item in _slate(client, user)["items"]:
+        explanation = item["explanation"]
+        table = explanation["fact_table"]
+        ids = [f["id"] for f in table]
+        assert len(set(ids)) == len(ids) and {f["id"] for f in explanation["facts"]} <= set(ids)
+        for fact in table:
+            assert fact["kind"] and fact["text"]
+            if fact["kind"] == "item_title":
+                assert fact["item_id"] == item["item_id"] and fact["value"] in _names(slice_catalog.items[item["item_id"]])
+            if fact["kind"] == "history_item":  # today's meaning of value: that item's title
+                assert fact["history_item_id"] in history and fact["value"] in _names(slice_catalog.items[fact["history_item_id"]])
+            if fact["kind"] in ("shared_brand", "shared_category", "shared_use", "bought_together", "viewed_together", "often_next"):
+                assert fact["history_item_id"] in history and fact["item_id"] == item["item_id"]
+            if fact["kind"] in ("bought_together", "viewed_together"):
+                assert fact["count"] >= 1 and str(fact["count"]) in fact["text"]
+
+
 def test_explaining_an_item_outside_the_slate_says_why_not(client, slice_recommender, slice_catalog):
     user = slice_catalog.users[14]
     outside = slice_recommender.rank(user, 8).items[6]

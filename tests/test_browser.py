@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from whyrec.explainer import check_grounding, checked_template
 from whyrec.passwords import hash_password
+from whyrec.schema import FactKind
 
 pytestmark = pytest.mark.integration
 
@@ -138,6 +140,43 @@ def test_shop_shopper_reads_why_and_not_interested_changes_the_list(server, page
     assert first[0] not in _card_ids(page)
     page.locator("#shop-chat").get_by_text("won't see").wait_for()
     _shot(page, "shop")
+
+
+def _collaborative_pick(recommender, users: list[str], k: int):
+    """A shopper whose top k holds an item that shares no brand, category or use with their history
+    and is there because of what other shoppers did next (the desk after the phone)."""
+    plain = {FactKind.SHARED_BRAND, FactKind.SHARED_CATEGORY, FactKind.SHARED_USE}
+    for user in users:
+        slate = recommender.rank(user, k)
+        for item, table in zip(slate.items, slate.tables):
+            kinds = {f.kind for f in table.facts}
+            if kinds & {FactKind.BOUGHT_TOGETHER, FactKind.VIEWED_TOGETHER} and not kinds & plain:
+                return user, item.item_id, table
+    pytest.fail("no shopper of the slice has a top item explained only by what other shoppers did")
+
+
+def test_shop_reason_names_what_other_shoppers_did_with_the_count(server, page, slice_recommender, slice_catalog):
+    url, _ = server
+    # The first shopper's slate is changed by the "not interested" click of the test above.
+    user, item_id, table = _collaborative_pick(slice_recommender, slice_catalog.users[1:], k=2)
+    together = next(f for f in table.facts if f.kind in (FactKind.BOUGHT_TOGETHER, FactKind.VIEWED_TOGETHER))
+    page.goto(f"{url}/shop/")
+    shopper = page.locator("#shop-shopper input")
+    shopper.fill(user)
+    shopper.press("Enter")
+    page.locator("#shop-input textarea").fill("show me something")
+    page.locator("#shop-input textarea").press("Enter")
+    card = page.locator(f'.whyrec-card[data-item-id="{item_id}"]')
+    card.locator(".whyrec-text").wait_for(timeout=SLOW)
+    text = card.locator(".whyrec-text").inner_text().strip()
+    badge = card.locator(".whyrec-badge").inner_text()
+    _shot(page, "shop-collaborative")
+    if "built from the facts" in badge:
+        # The template states the strongest true relation: here the count of other shoppers.
+        assert checked_template(table)[0] == text
+        assert str(together.count) in text and "shoppers" in text, text
+    else:  # a model sentence was shown: it passed the same check against the same facts
+        assert check_grounding(text, table).passed, text
 
 
 def _login(page, url: str) -> None:

@@ -26,6 +26,10 @@ def test_recommend_json_returns_k_explained_items(office_slice, cache_dir, slice
         explanation = item["explanation"]
         assert explanation["text"] and explanation["source"] in {"llm", "template"} and explanation["facts"]
         assert explanation["grounded"] == (explanation["source"] == "llm")
+        table = {f["id"]: f for f in explanation["fact_table"]}
+        assert all(table[f["id"]] == f for f in explanation["facts"])  # the cited facts are the table's own
+        assert any(f["kind"] == "item_title" and f["item_id"] == item["item_id"] for f in table.values())
+        assert all(f["history_item_id"] for f in table.values() if f["kind"] == "history_item")
     assert "training them now" not in done.stderr  # the session's checkpoints were reused
 
 
