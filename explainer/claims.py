@@ -24,7 +24,7 @@ Each Claim records the words that make it, its subject, and the fact that matche
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from whyrec.catalog import EventKind
 from whyrec.explainer.lexicon import CONNECTIVE_STEMS, EVENT_VERBS, EVENT_WORDS, VERB_EVENTS, content_stems, name_tokens, norm, sentences, stem
@@ -47,6 +47,8 @@ _SHOPPERS = r"(?:other\s+)?(?:shoppers?|customers?|people|buyers?|others)"
 _COUNT = re.compile(r"\b(\d[\d,]*)\s+" + _SHOPPERS + r"\b", re.IGNORECASE)
 _WHO = re.compile(r"\b" + _SHOPPERS + r"\s+(?:who|that)\b", re.IGNORECASE)
 _POPULAR = re.compile(r"\b(\d[\d,]*)\s+of\s+(?:the\s+)?(\d[\d,]*)\s+shoppers\b", re.IGNORECASE)
+# "... went on to buy / look at / pick <object>": the object of what the counted shoppers did.
+_WENT_ON = re.compile(r"\bwent\s+on\s+to\s+(?:buy|purchase|order|look\s+at|view|pick|get|choose)(?:\s+the)?\b", re.IGNORECASE)
 _PURCHASE_WORDS = frozenset({"bought", "buy", "buying", "purchased", "purchase", "ordered", "order"})
 _VIEW_WORDS = frozenset({"looked", "look", "looking", "viewed", "view", "saw", "clicked"})
 _SHARED_KINDS = (FactKind.SHARED_BRAND, FactKind.SHARED_CATEGORY, FactKind.SHARED_USE)
@@ -511,7 +513,16 @@ def _together_claims(sentence: str, tokens: list[_Token], mentions: list[_Mentio
             kinds.append(FactKind.VIEWED_TOGETHER)
         position = _token_at(sentence, tokens, match.start())
         subject = _subject_at(position, mentions, previous)
-        claims.append(_match_together(match.group(0) + tail.split(".")[0], n, kinds, subject, facts))
+        claim = _match_together(match.group(0) + tail.split(".")[0], n, kinds, subject, facts)
+        went = _WENT_ON.search(tail)
+        if went:
+            # What they went on to buy is the recommended item, never one of the shopper's own.
+            after = _token_at(sentence, tokens, match.end() + went.end())
+            own = next((m for m in mentions if m.start >= after and m.size >= 2 and not any(s.kind is FactKind.TASTE for s in m.subjects)), None)
+            if own is not None and own.start <= after + 2:
+                name = own.subjects[0]
+                claim = replace(claim, fact_id=None, problem=f'says the counted shoppers went on to buy "{name.value}" ({name.fact_id}), an item of your history: what they went on to buy is the recommended item')
+        claims.append(claim)
     if re.search(r"\bnext\b", sentence, re.IGNORECASE):
         at = next((i for i, t in enumerate(tokens) if t.raw.lower() == "next" and i not in named), None)
         if at is not None and not any(c.kind == "together" for c in claims):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 
-from whyrec.explainer.grounding import check_grounding
+from whyrec.explainer.grounding import NO_REASON, check_grounding, is_bare, missing_reason
 from whyrec.schema import Explanation, ExplanationSource, FactTable
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_NOT_ABOUT_CONTENT = ("does not name anything", "empty text")
+_NOT_ABOUT_CONTENT = ("does not name anything", "empty text", NO_REASON)
 
 
 def unique_sentence_ratio(texts: list[str]) -> float:
@@ -50,18 +50,14 @@ def explanation_metrics(tables: list[FactTable], explanations: list[Explanation]
         "shown_unsupported_claims": sum(not c.matched for c in shown_claims),
         "shown_failing_texts": sum(not v.passed for v in shown_verdicts),
         "template_share": sum(1 for e in explanations if e.source is ExplanationSource.TEMPLATE) / n,
-        # Shown reasons that name a history item and nothing it shares with the item or that other shoppers did.
-        "bare_reason_rate": sum(_bare(v) for v in shown_verdicts) / n,
+        # Shown reasons that name history items and nothing they share with the item or that other shoppers did.
+        "bare_reason_rate": sum(is_bare(e.text, t, v) for t, e, v in zip(tables, explanations, shown_verdicts)) / n,
+        # ... of which the table held a reason to give instead (the explainer never shows these).
+        "bare_with_reason_available": sum(missing_reason(e.text, t, v) is not None for t, e, v in zip(tables, explanations, shown_verdicts)),
         "third_person_or_cut_off": sum(v.reason.startswith(("is cut off", "speaks of the shopper")) for v in shown_verdicts),
         "seconds_per_explanation": seconds / n,
         "explanations_per_second": n / seconds if seconds > 0 else None,
     }
-
-
-def _bare(verdict) -> bool:
-    """A shown text whose only claims are history items (no relation, count, taste or rank)."""
-    kinds = {c.kind for c in verdict.claims}
-    return bool(kinds) and kinds <= {"history", "history_words"}
 
 
 def first_answer_metrics(explainer, tables: list[FactTable]) -> dict:

@@ -143,6 +143,40 @@ def check_grounding(text: str, table: FactTable) -> GroundingVerdict:
     return replace(verdict, claims=claims)
 
 
+# Facts that tell a shopper why: what a history item shares with the item, what other shoppers did next.
+_REASON_KINDS = (FactKind.SHARED_BRAND, FactKind.SHARED_CATEGORY, FactKind.SHARED_USE, FactKind.BOUGHT_TOGETHER, FactKind.VIEWED_TOGETHER, FactKind.OFTEN_NEXT)
+NO_REASON = "gives no reason a shopper can follow"
+
+
+def is_bare(text: str, table: FactTable, verdict: GroundingVerdict) -> bool:
+    """The text names history items and nothing a person can follow (`Because you bought "AT&T 210
+    Corded Phone".`, or that and the item's name): no relation, count, next, rank or taste claim, and
+    no shared brand, category or use word outside the history names ("here is another Kodak ink
+    cartridge" counts as a reason)."""
+    kinds = {c.kind for c in verdict.claims}
+    if not kinds or not kinds <= {"history", "history_words"}:
+        return False
+    # The words left when the history names are taken out: runs of two or more words of a history
+    # claim ("you bought", "Stridewell Road Running Shoe"); a lone brand word ("Stridewell socks") stays.
+    named = {w.lower() for c in verdict.claims if c.kind == "history" for w in c.words.split()}
+    tokens = re.findall(r"[A-Za-z0-9][A-Za-z0-9&'’\-]*", text)
+    inside = [t.lower() in named for t in tokens]
+    rest = [t for i, t in enumerate(tokens) if not (inside[i] and ((i > 0 and inside[i - 1]) or (i + 1 < len(tokens) and inside[i + 1])))]
+    shared = (FactKind.SHARED_BRAND, FactKind.SHARED_CATEGORY, FactKind.SHARED_USE)
+    values = {s for f in table.facts if f.kind in shared for s in lexicon.content_stems(f.value)}
+    return not lexicon.content_stems(" ".join(rest)) & values
+
+
+def missing_reason(text: str, table: FactTable, verdict: GroundingVerdict) -> str | None:
+    """Why a text that passes the check is still not worth showing, or None: it is bare while the
+    table states a relation it could have given. With no relation in the table, naming the history
+    item is the best true reason there is."""
+    reasons = [f for f in table.facts if f.kind in _REASON_KINDS]
+    if not reasons or not is_bare(text, table, verdict):
+        return None
+    return f"{NO_REASON}: it names only your history, but {', '.join(f.fact_id for f in reasons[:3])} say why ({reasons[0].text})"
+
+
 def _surface_verdict(text: str, sides: _Sides, cites_history: bool) -> GroundingVerdict | None:
     """The first rule on the words themselves that the text breaks (form, vocabulary, names, praise), or None."""
     form = _form_problem(text, sides)

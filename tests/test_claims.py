@@ -6,9 +6,12 @@ import subprocess
 import sys
 
 import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from whyrec.catalog import EventKind, Item
-from whyrec.explainer import build_fact_table, check_grounding, checked_template, one_fact_sentence, template_sentence
+from whyrec.explainer import build_fact_table, check_grounding, checked_template, load_template, one_fact_sentence, template_sentence
+from whyrec.explainer.explainer import Explainer
+from whyrec.explainer.grounding import is_bare, missing_reason
 from whyrec.explainer.parsing import ExplanationParser
 from whyrec.schema import Attribution, Evidence, FactKind, RankedItem
 
@@ -169,6 +172,44 @@ def test_with_no_relation_the_one_fact_sentence_is_shown_and_it_passes_the_check
     ranked = RankedItem("desk", 1, 0.9, 2.0, ("phone",), (Attribution("phone", 1.2, 14),), candidates_scored=20)
     table = build_fact_table("u1", DESK, ranked, [(PHONE, EventKind.PURCHASE)])
     assert checked_template(table)[0] == 'Because you bought "AT&T 210 Corded Phone".' == one_fact_sentence(table)[0]
+
+
+def test_what_the_counted_shoppers_went_on_to_buy_is_the_item_never_a_history_item():
+    table = _socks_table()
+    verdict = check_grounding("3 other shoppers who bought the Stridewell Road Running Shoe went on to buy the Stridewell Road Running Shoe.", table)
+    assert not verdict.passed and "an item of your history" in verdict.reason
+    assert check_grounding("3 other shoppers who bought the Stridewell Road Running Shoe went on to buy the Stridewell Merino Running Socks.", table).passed
+
+
+def _desk_after_phone(evidence=()):
+    ranked = RankedItem("desk", 1, 0.9, 2.0, ("phone",), (Attribution("phone", 1.2, 14),), candidates_scored=20)
+    return build_fact_table("u1", DESK, ranked, [(PHONE, EventKind.PURCHASE)], list(evidence))
+
+
+@pytest.mark.parametrize("text", ['Because you bought "AT&T 210 Corded Phone".', "You bought the AT&T 210 Corded Phone, so we suggest the Oakline Walnut Standing Desk."])
+def test_a_true_sentence_naming_only_the_history_is_not_shown_while_the_facts_hold_a_reason(text):
+    table = _desk_after_phone([Evidence("phone", "desk", bought_after=12, viewed_after=12)])
+    verdict = check_grounding(text, table)
+    assert verdict.passed and is_bare(text, table, verdict)  # every claim is true ...
+    assert "gives no reason a shopper can follow" in missing_reason(text, table, verdict)  # ... but it says nothing
+    # A stand-in model that writes this sentence every time (the real one cannot be made to on demand).
+    model = FakeListChatModel(responses=[json.dumps({"text": text, "facts": ["F9"]})] * 2)
+    [shown] = Explainer(model, load_template("shopper"), "fake").explain([table])
+    assert [a.passed for a in shown.attempts] == [False, False] and "no reason" in shown.attempts[0].reason
+    assert shown.text == 'Because you bought "AT&T 210 Corded Phone": 12 other shoppers who bought it went on to buy this.'
+
+
+def test_naming_only_the_history_is_the_reason_when_the_facts_hold_no_other():
+    table = _desk_after_phone()
+    text = 'Because you bought "AT&T 210 Corded Phone".'
+    assert missing_reason(text, table, check_grounding(text, table)) is None
+
+
+def test_a_shared_brand_or_use_word_beside_the_names_is_a_reason():
+    table = _socks_table()
+    text = "You bought the Stridewell Road Running Shoe, so here are Stridewell socks."
+    verdict = check_grounding(text, table)
+    assert verdict.passed and not is_bare(text, table, verdict), verdict.reason
 
 
 def test_a_history_item_that_lowered_the_score_is_not_cited_even_for_a_relation():

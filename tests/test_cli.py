@@ -106,4 +106,4 @@ def test_eval_explanations_reports_the_keys_later_checks_read(office_slice, cach
 
 def test_eval_explanations_rejects_an_unknown_backend(cache_dir):
     done = _run(["eval", "explanations", "--backend", "gpu"], cache_dir, timeout=300)
-    assert done.returncode == 1 and "--backend must be 'local' or 'openai'" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 1 and "--backend must be 'local', 'openai' or 'none'" in done.stderr and "Traceback" not in done.stderr

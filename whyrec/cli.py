@@ -250,7 +250,7 @@ def eval_explanations(
     k: int = typer.Option(1, "-k", "--k", min=1, max=20, help="Explanations per shopper (the top k of their slate)."),
     batch_users: int = typer.Option(8, "--batch-users", min=1, help="Shoppers whose slates go to the generator as one batch; latency is reported per explanation."),
     seed: int = typer.Option(0, help="Seed of the shopper sample."),
-    backend: str = typer.Option("local", help="local: in-process transformers; openai: the OpenAI-compatible server at --llm-url."),
+    backend: str = typer.Option("local", help="local: in-process transformers; openai: the OpenAI-compatible server at --llm-url; none: no generator, every reason is the checked template sentence (what a page the model has not reached shows)."),
     llm_url: Optional[str] = LlmUrlOption,
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder; default: the one `whyrec explainer tune` saved, if any."),
     no_adapter: bool = typer.Option(False, "--no-adapter", help="Measure the base generator even if a tuned adapter exists."),
@@ -263,8 +263,8 @@ def eval_explanations(
     precision/recall on the hand-labelled sentences."""
     from whyrec.errors import ConfigError
 
-    if backend not in ("local", "openai"):
-        raise ConfigError(f"--backend must be 'local' or 'openai', not '{backend}'")
+    if backend not in ("local", "openai", "none"):
+        raise ConfigError(f"--backend must be 'local', 'openai' or 'none', not '{backend}'")
     from tqdm import tqdm
 
     from whyrec.explainer.evaluation import explanation_metrics
@@ -292,7 +292,8 @@ def eval_explanations(
     explanations, seconds, step = [], 0.0, batch_users * k
     for start in tqdm(range(0, len(tables), step), desc="explaining"):
         began = time.time()
-        explanations += explainer.explain(tables[start : start + step])
+        batch = tables[start : start + step]
+        explanations += explainer.explain(batch) if backend != "none" else [_template_only(t, explainer.template.label) for t in batch]
         seconds += time.time() - began
     report["explanations"] = {
         "data": recommender.catalog.name,
@@ -300,7 +301,7 @@ def eval_explanations(
         "per_shopper": k,
         "batch": batch_users * k,
         "backend": backend,
-        "model": explainer.model_name,
+        "model": explainer.model_name if backend != "none" else None,
         "template": explainer.template.label,
         **explanation_metrics(tables, explanations, seconds),
         "samples": [{"shown": e.text, "source": e.source.value, "first_answer": e.attempts[0].text if e.attempts else "", "reason": e.attempts[0].reason if e.attempts else ""} for e in explanations[:8]],
@@ -325,6 +326,14 @@ def eval_explanations(
         print(f"{key:<26}{report[key]:.4f}")
     if "reference" in report:
         print("reference: " + ", ".join(f"{k} {v:.4f}" for k, v in report["reference"].items() if isinstance(v, float)))
+
+
+def _template_only(table, template_label: str):
+    from whyrec.explainer import checked_template
+    from whyrec.schema import Explanation, ExplanationSource
+
+    text, facts = checked_template(table)
+    return Explanation(text, ExplanationSource.TEMPLATE, False, facts, template_label, "")
 
 
 def _reference_scores(path: Path, explainer, settings: Settings) -> dict:

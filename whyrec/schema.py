@@ -287,7 +287,7 @@ class RecommendedItem:
                 "text": self.explanation.text,
                 "source": self.explanation.source.value,
                 "grounded": self.explanation.grounded,
-                "facts": [_cited_fact_dict(f) for f in self.explanation.facts],
+                "facts": [fact_to_dict(f) for f in self.explanation.facts],
                 "fact_table": self.fact_table.to_list() if self.fact_table else [fact_to_dict(f) for f in self.explanation.facts],
                 "prompt_version": self.explanation.prompt_version,
                 "model": self.explanation.model,
@@ -304,10 +304,6 @@ class Recommendations:
 
     def to_dict(self) -> dict[str, Any]:
         return {"user_id": self.user_id, "items": [i.to_dict() for i in self.items]}
-
-
-def _cited_fact_dict(fact: Fact) -> dict[str, Any]:
-    return {"id": fact.fact_id, "kind": fact.kind.value, "text": fact.text}
 
 
 @dataclass(frozen=True)
