@@ -3,7 +3,7 @@
 from whyrec.explainer.backends import TransformersChatModel, make_chat_model
 from whyrec.explainer.explainer import Explainer
 from whyrec.explainer.facts import build_fact_table, cold_start_fact_table
-from whyrec.explainer.grounding import GroundingVerdict, check_grounding
+from whyrec.explainer.grounding import GroundingVerdict, check_grounding, check_reason
 from whyrec.explainer.reasons import checked_template, one_fact_sentence, template_sentence
 from whyrec.explainer.templates import PromptTemplateSpec, load_template
 
@@ -16,6 +16,7 @@ __all__ = [
     "checked_template",
     "cold_start_fact_table",
     "check_grounding",
+    "check_reason",
     "load_template",
     "make_chat_model",
     "one_fact_sentence",

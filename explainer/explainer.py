@@ -15,7 +15,7 @@ from langchain_core.prompts import ChatPromptTemplate
 
 from whyrec.explainer.cache import ExplanationCache, cache_key
 from whyrec.explainer.reasons import checked_template
-from whyrec.explainer.grounding import check_grounding, cited_facts, missing_reason
+from whyrec.explainer.grounding import check_reason, cited_facts
 from whyrec.explainer.parsing import ExplanationParser, ParsedAnswer
 from whyrec.explainer.templates import PromptTemplateSpec
 from whyrec.schema import Attempt, Explanation, ExplanationSource, FactTable, FallbackReason
@@ -188,12 +188,9 @@ class Explainer:
         if not re.search(r"\w", answer.text):
             reason = f"{_PHRASES[FallbackReason.LLM_OUTPUT_UNPARSEABLE]}: no sentence in the answer"
             return answer, Attempt(raw_output=raw, text="", passed=False, reason=reason), FallbackReason.LLM_OUTPUT_UNPARSEABLE
-        verdict = check_grounding(answer.text, table)
-        # True but empty ("Because you bought X.") is not shown while the facts hold a real reason.
-        reason = (missing_reason(answer.text, table, verdict) if verdict.passed else None) or verdict.reason
-        passed = verdict.passed and reason == verdict.reason
-        attempt = Attempt(raw_output=raw, text=answer.text, passed=passed, reason=reason)
-        return answer, attempt, None if passed else FallbackReason.UNGROUNDED
+        verdict = check_reason(answer.text, table)
+        attempt = Attempt(raw_output=raw, text=answer.text, passed=verdict.passed, reason=verdict.reason)
+        return answer, attempt, None if verdict.passed else FallbackReason.UNGROUNDED
 
 
 _PHRASES = {

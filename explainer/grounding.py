@@ -177,6 +177,14 @@ def missing_reason(text: str, table: FactTable, verdict: GroundingVerdict) -> st
     return f"{NO_REASON}: it names only your history, but {', '.join(f.fact_id for f in reasons[:3])} say why ({reasons[0].text})"
 
 
+def check_reason(text: str, table: FactTable) -> GroundingVerdict:
+    """The verdict a text must pass to be shown: the claim check, and a reason beyond the history
+    names when the table holds one (`missing_reason`)."""
+    verdict = check_grounding(text, table)
+    missing = missing_reason(text, table, verdict) if verdict.passed else None
+    return replace(verdict, passed=False, reason=missing) if missing else verdict
+
+
 def _surface_verdict(text: str, sides: _Sides, cites_history: bool) -> GroundingVerdict | None:
     """The first rule on the words themselves that the text breaks (form, vocabulary, names, praise), or None."""
     form = _form_problem(text, sides)

@@ -14,7 +14,7 @@ from whyrec import prompt_lab
 from whyrec.config import Settings
 from whyrec.errors import WhyrecError
 from whyrec.explainer.templates import builtin_prompt_dir, parse_template
-from whyrec.explainer import GroundingVerdict, check_grounding
+from whyrec.explainer import GroundingVerdict, check_reason
 from whyrec.schema import FactTable, WhyNot
 from whyrec.service import WhyrecService
 from whyrec.store import ImpressionItemRecord, ImpressionRecord
@@ -252,7 +252,7 @@ def prompt_lab_view(service: WhyrecService, settings: Settings) -> None:
             table = service.why_not(user_id.strip(), item_id.strip(), settings.shop_k).fact_table
         except WhyrecError as exc:
             raise gr.Error(str(exc))
-        verdict = check_grounding(sentence, table)
+        verdict = check_reason(sentence, table)
         outcome = "**passes** the check" if verdict.passed else f"**fails** the check: {html.escape(verdict.reason)}"
         facts = [[f.fact_id, f.kind.value, f.text] for f in table.facts]
         return f"The sentence {outcome}.", claim_rows(verdict, table), facts

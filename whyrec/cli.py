@@ -411,8 +411,9 @@ def explainer_check(
 ):
     """Check sentences against a fact table the way a shown reason is checked: the claims each one
     makes (which history item, which relation, which value, verb and number) and the fact each
-    claim matches, or why none does. Exit 0 when all pass, 1 when any fails, 2 on bad input."""
-    from whyrec.explainer import check_grounding
+    claim matches, or why none does; a sentence naming only the history while the table holds a
+    reason fails too. Exit 0 when all pass, 1 when any fails, 2 on bad input."""
+    from whyrec.explainer import check_reason
     from whyrec.explainer.grounding_eval import read_fact_table, read_texts
 
     try:
@@ -425,7 +426,7 @@ def explainer_check(
         raise typer.Exit(2) from None
     results = []
     for text_id, sentence in items:
-        report = check_grounding(sentence, table).to_dict(table)
+        report = check_reason(sentence, table).to_dict(table)
         results.append({**({"id": text_id} if text_id is not None else {}), "text": sentence, **report})
     if as_json:
         print(json.dumps(results if texts is not None else results[0], indent=2, ensure_ascii=False))
