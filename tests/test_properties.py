@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from whyrec.catalog import Catalog, EventKind, Item
 from whyrec.errors import DataError
-from whyrec.explainer import build_fact_table, checked_template, cold_start_fact_table, template_sentence
+from whyrec.explainer import build_fact_table, check_reason, checked_template, cold_start_fact_table, template_sentence
 from whyrec.explainer.grounding import CONNECTIVES, check_grounding
 from whyrec.loaders import load_catalog
 from whyrec.retrieval.popularity import PopularItems
@@ -240,3 +240,4 @@ def test_every_splice_of_a_relation_onto_another_history_item_is_rejected(table)
 def test_the_shown_deterministic_reason_is_never_empty_and_always_passes(table):
     text, used = checked_template(table)
     assert text and check_grounding(text, table).passed and text == template_sentence(table)[0], (text, table)
+    assert check_reason(text, table).passed, (text, check_reason(text, table).reason)  # it gives the table's reason
