@@ -519,7 +519,10 @@ def _together_claims(sentence: str, tokens: list[_Token], mentions: list[_Mentio
             # What they went on to buy is the recommended item, never one of the shopper's own.
             after = _token_at(sentence, tokens, match.end() + went.end())
             own = next((m for m in mentions if m.start >= after and m.size >= 2 and not any(s.kind is FactKind.TASTE for s in m.subjects)), None)
-            if own is not None and own.start <= after + 2:
+            pointed = after < len(tokens) and tokens[after].raw.lower() in ("this", "these", "it", "them")
+            # Words the item's own title has too ("Swingline Standard Stapler [Value Pack]") name the item.
+            span = [t.stem for t in tokens[own.start : own.end + 1] if t.stem in facts.stems.get(own.subjects[0].fact_id, ())] if own else []
+            if own is not None and own.start <= after + 2 and not pointed and not set(span) <= facts.item_stems:
                 name = own.subjects[0]
                 claim = replace(claim, fact_id=None, problem=f'says the counted shoppers went on to buy "{name.value}" ({name.fact_id}), an item of your history: what they went on to buy is the recommended item')
         claims.append(claim)

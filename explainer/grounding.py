@@ -39,7 +39,8 @@ _NAME_SPLITS = frozenset({"and", "in", "the", "by", "on"})
 
 _HISTORY_CONTEXT = frozenset(lexicon.EVENT_VERBS) | {"without", "history", "like"}
 # Words that start a description of the recommended item.
-_OFFER_WORDS = frozenset({"suggest", "suggested", "recommend", "here", "here's", "this", "these", "try", "consider"})
+# "The item is a ...", "the seller describes it as ...": what follows is said of the recommended item too.
+_OFFER_WORDS = frozenset({"suggest", "suggested", "recommend", "here", "here's", "this", "these", "try", "consider", "item", "seller"})
 
 
 # Praise is never a fact, even when a seller wrote it; quoting the seller as the seller is allowed.

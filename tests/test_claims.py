@@ -181,6 +181,19 @@ def test_what_the_counted_shoppers_went_on_to_buy_is_the_item_never_a_history_it
     assert check_grounding("3 other shoppers who bought the Stridewell Road Running Shoe went on to buy the Stridewell Merino Running Socks.", table).passed
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        # An untuned model's answer on a fresh install, which the word rules let through.
+        'The item is a running shoe, and the item is a "Stridewell Road Running Shoe".',
+        'The seller describes it as a "Trailhead Insulated Water Bottle".',
+    ],
+)
+def test_what_the_item_is_or_what_the_seller_says_of_it_comes_from_the_items_own_facts(text):
+    verdict = check_grounding(text, _socks_table())
+    assert not verdict.passed and ("only a history item has" in verdict.reason or "an item from the history" in verdict.reason), verdict.reason
+
+
 def _desk_after_phone(evidence=()):
     ranked = RankedItem("desk", 1, 0.9, 2.0, ("phone",), (Attribution("phone", 1.2, 14),), candidates_scored=20)
     return build_fact_table("u1", DESK, ranked, [(PHONE, EventKind.PURCHASE)], list(evidence))
