@@ -129,7 +129,10 @@ def find_claims(text: str, table: FactTable) -> list[Claim]:
     previous: _Mention | None = None  # "it" in a second sentence refers to the first one's item
     for sentence in sentences(text.strip()):
         tokens = _tokens(sentence)
-        values = _value_spans(tokens, facts)
+        # A quoted name of the table is one name: a value word inside it ("... Duplex and Wireless")
+        # is part of the title, not a stated brand, category or use.
+        quoted = [(_token_at(sentence, tokens, m.start(1)), _token_at(sentence, tokens, m.end(1)) - 1) for m in _QUOTED.finditer(sentence) if norm(m.group(1)) in facts.names]
+        values = [(span, f) for span, f in _value_spans(tokens, facts) if not any(a <= span[0] and span[-1] <= b for a, b in quoted)]
         mentions = _mentions(tokens, facts)
         like = _like_subject(tokens, mentions)
         # "something else in Coffee Beans", "Like X, it is one of the desk lamp products": a stated

@@ -194,6 +194,17 @@ def test_what_the_item_is_or_what_the_seller_says_of_it_comes_from_the_items_own
     assert not verdict.passed and ("only a history item has" in verdict.reason or "an item from the history" in verdict.reason), verdict.reason
 
 
+def test_a_value_word_inside_a_quoted_title_is_part_of_the_title():
+    # The scanner's title ends in "Wireless"; "wireless" is the use the item shares with the presenter.
+    printer = Item("printer", "Brother HL-2270DW Compact Laser Printer with Wireless Networking and Duplex", "Brother", ("Office", "Printers", "Laser Printers"))
+    scanner = Item("scanner", "Brother ADS1000W Compact Color Desktop Scanner with Duplex and Wireless", "Brother", ("Office", "Scanners"))
+    presenter = Item("presenter", "Logitech Wireless Presenter R400", "Logitech", ("Office", "Presentation"))
+    ranked = RankedItem("printer", 1, 0.9, 2.0, ("presenter",), (Attribution("presenter", 1.0, 20), Attribution("scanner", 0.5, 4)), candidates_scored=20)
+    table = build_fact_table("u1", printer, ranked, [(presenter, EventKind.PURCHASE), (scanner, EventKind.PURCHASE)])
+    text, _ = checked_template(table)
+    assert text == 'Like "Brother ADS1000W Compact Color Desktop Scanner with Duplex and Wireless", which you bought, it is made by Brother.'
+
+
 def _desk_after_phone(evidence=()):
     ranked = RankedItem("desk", 1, 0.9, 2.0, ("phone",), (Attribution("phone", 1.2, 14),), candidates_scored=20)
     return build_fact_table("u1", DESK, ranked, [(PHONE, EventKind.PURCHASE)], list(evidence))
