@@ -131,9 +131,14 @@ def find_claims(text: str, table: FactTable) -> list[Claim]:
         tokens = _tokens(sentence)
         # A quoted name of the table is one name: a value word inside it ("... Duplex and Wireless")
         # is part of the title, not a stated brand, category or use.
-        quoted = [(_token_at(sentence, tokens, m.start(1)), _token_at(sentence, tokens, m.end(1)) - 1) for m in _QUOTED.finditer(sentence) if norm(m.group(1)) in facts.names]
-        values = [(span, f) for span, f in _value_spans(tokens, facts) if not any(a <= span[0] and span[-1] <= b for a, b in quoted)]
+        quoted = [(_token_at(sentence, tokens, m.start(1)), _token_at(sentence, tokens, m.end(1)) - 1, norm(m.group(1))) for m in _QUOTED.finditer(sentence) if norm(m.group(1)) in facts.names]
+        values = [(span, f) for span, f in _value_spans(tokens, facts) if not any(a <= span[0] and span[-1] <= b for a, b, _ in quoted)]
         mentions = _mentions(tokens, facts)
+        # And a quoted history title names that item, whatever other titles share its words.
+        for a, b, name in quoted:
+            exact = [f for f in [*facts.history, *facts.taste] if norm(f.value) == name]
+            if exact:
+                mentions = sorted([m for m in mentions if m.end < a or m.start > b] + [_Mention(a, b, exact, len(facts.stems[exact[0].fact_id]))], key=lambda m: m.start)
         like = _like_subject(tokens, mentions)
         # "something else in Coffee Beans", "Like X, it is one of the desk lamp products": a stated
         # brand, category or use is a value even where its words would also name a history item.

@@ -205,6 +205,16 @@ def test_a_value_word_inside_a_quoted_title_is_part_of_the_title():
     assert text == 'Like "Brother ADS1000W Compact Color Desktop Scanner with Duplex and Wireless", which you bought, it is made by Brother.'
 
 
+def test_a_quoted_history_title_names_that_item_even_when_another_title_shares_its_words():
+    cable = Item("cable", "Koch 002023 1/16 by 500-Feet 7 by 7 Cable", "Koch", ("Industrial", "Pulling & Lifting", "Cable & Wire Rope"))
+    thimble = Item("thimble", "Loos Cableware AN100-C4 Stainless Steel Thimble for 3/32 and 1/8 Diameter Wire", "Loos", ("Industrial", "Pulling & Lifting", "Thimbles"))
+    sleeve = Item("sleeve", "Aluminum Crimping Loop Sleeve for 1/8 Diameter Wire Rope and Cable", "", ("Industrial", "Pulling & Lifting", "Sleeves"))
+    ranked = RankedItem("cable", 3, 0.9, 2.0, ("thimble",), (Attribution("thimble", 1.0, 4), Attribution("sleeve", 0.5, 3)), candidates_scored=20)
+    table = build_fact_table("u1", cable, ranked, [(thimble, EventKind.PURCHASE), (sleeve, EventKind.PURCHASE)])
+    text, _ = checked_template(table)
+    assert text.startswith('Like "Loos Cableware AN100-C4 Stainless Steel Thimble for 3/32 and 1/8 Diameter Wire", which you bought'), text
+
+
 def _desk_after_phone(evidence=()):
     ranked = RankedItem("desk", 1, 0.9, 2.0, ("phone",), (Attribution("phone", 1.2, 14),), candidates_scored=20)
     return build_fact_table("u1", DESK, ranked, [(PHONE, EventKind.PURCHASE)], list(evidence))
