@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from whyrec.explainer import lexicon
 from whyrec.explainer.lexicon import CONNECTIVES, EVENT_WORDS
 from whyrec.explainer.claims import Claim, find_claims, first_problem
-from whyrec.schema import Fact, FactKind, FactTable
+from whyrec.schema import RELATION_KINDS, Fact, FactKind, FactTable
 
 # A word, or one punctuation mark that ends a name (a comma, a colon, a bracket, a quote).
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’&.\-/#]*[A-Za-z0-9]|[A-Za-z0-9]|[,;:()\[\]\"“”!?]|\.(?=\s|$)")
@@ -144,8 +144,6 @@ def check_grounding(text: str, table: FactTable) -> GroundingVerdict:
     return replace(verdict, claims=claims)
 
 
-# Facts that tell a shopper why: what a history item shares with the item, what other shoppers did next.
-_REASON_KINDS = (FactKind.SHARED_BRAND, FactKind.SHARED_CATEGORY, FactKind.SHARED_USE, FactKind.BOUGHT_TOGETHER, FactKind.VIEWED_TOGETHER, FactKind.OFTEN_NEXT)
 NO_REASON = "gives no reason a shopper can follow"
 
 
@@ -172,7 +170,7 @@ def missing_reason(text: str, table: FactTable, verdict: GroundingVerdict) -> st
     """Why a text that passes the check is still not worth showing, or None: it is bare while the
     table states a relation it could have given. With no relation in the table, naming the history
     item is the best true reason there is."""
-    reasons = [f for f in table.facts if f.kind in _REASON_KINDS]
+    reasons = [f for f in table.facts if f.kind in RELATION_KINDS]
     if not reasons or not is_bare(text, table, verdict):
         return None
     return f"{NO_REASON}: it names only your history, but {', '.join(f.fact_id for f in reasons[:3])} say why ({reasons[0].text})"
