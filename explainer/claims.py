@@ -26,7 +26,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from whyrec.catalog import EventKind
 from whyrec.explainer.lexicon import CONNECTIVE_STEMS, EVENT_VERBS, EVENT_WORDS, VERB_EVENTS, content_stems, name_tokens, norm, sentences, stem
 from whyrec.schema import Fact, FactKind, FactTable
 
@@ -442,7 +441,10 @@ def _said_as(tokens: list[_Token], start: int) -> tuple[FactKind, ...]:
 
 def _match_relation(value: str, words: str, subject: _Mention | None, facts: _Table, kinds: tuple[FactKind, ...] = _SHARED_KINDS) -> Claim:
     target = name_tokens(value)
-    shared = [f for f in facts.facts if f.kind in kinds and name_tokens(f.value) == target]
+    # The words as written count too: "Noodler's" is the brand fact's value even where the span was
+    # first read as the use fact's "noodlers".
+    said = (target, name_tokens(words))
+    shared = [f for f in facts.facts if f.kind in kinds and name_tokens(f.value) in said]
     ids = [s.history_item_id for s in subject.subjects if s.history_item_id] if subject else [f.history_item_id for f in shared]
     match = next((f for f in shared if f.history_item_id in ids), None)
     subject_id = ids[0] if ids else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from whyrec.explainer.grounding import NO_REASON, check_grounding, is_bare, missing_reason
+from whyrec.explainer.reasons import template_sentence
 from whyrec.schema import Explanation, ExplanationSource, FactTable
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -54,6 +55,10 @@ def explanation_metrics(tables: list[FactTable], explanations: list[Explanation]
         "bare_reason_rate": sum(is_bare(e.text, t, v) for t, e, v in zip(tables, explanations, shown_verdicts)) / n,
         # ... of which the table held a reason to give instead (the explainer never shows these).
         "bare_with_reason_available": sum(missing_reason(e.text, t, v) is not None for t, e, v in zip(tables, explanations, shown_verdicts)),
+        "bare_with_reason_examples": [
+            {"shown": e.text, "missing": m, "template_tried": template_sentence(t)[0], "why_not": check_grounding(template_sentence(t)[0], t).reason}
+            for t, e, v in zip(tables, explanations, shown_verdicts) if (m := missing_reason(e.text, t, v)) is not None
+        ][:5],
         "third_person_or_cut_off": sum(v.reason.startswith(("is cut off", "speaks of the shopper")) for v in shown_verdicts),
         "seconds_per_explanation": seconds / n,
         "explanations_per_second": n / seconds if seconds > 0 else None,

@@ -35,10 +35,14 @@ class Explainer:
         cache: ExplanationCache | None = None,
         max_late: int = 2,
         late: "_LateRuns | None" = None,
+        model_key: str | None = None,
     ):
         self.chat_model = chat_model
         self.template = template
         self.model_name = model_name
+        # What the stored texts are keyed on: the model name and a digest of its adapter's weights,
+        # so a shop's own adapter and the shipped one (both "+lora-shopper.v3") never mix.
+        self.model_key = model_key or model_name
         self.concurrency = concurrency
         self.cache = cache if cache is not None else ExplanationCache()
         # Batches still generating after their caller's deadline; shared with this explainer's copies.
@@ -54,7 +58,7 @@ class Explainer:
     def with_template(self, template: PromptTemplateSpec) -> "Explainer":
         """The same generator and cache with another template (say, the support-agent wording);
         the template version is part of the cache key, so the two never mix."""
-        return Explainer(self.chat_model, template, self.model_name, self.concurrency, self.cache, late=self.late)
+        return Explainer(self.chat_model, template, self.model_name, self.concurrency, self.cache, late=self.late, model_key=self.model_key)
 
     def variables(self, table: FactTable) -> dict[str, str]:
         return prompt_variables(self.template, table)
@@ -69,7 +73,7 @@ class Explainer:
         generation goes on in the background, so a late answer still lands in the cache. While
         `max_late` such batches are still running, the generator is not asked at all (a server
         that is already late is not handed more work): every item gets the template at once."""
-        keys = [cache_key(t, self.template.label, self.model_name) for t in tables]
+        keys = [cache_key(t, self.template.label, self.model_key) for t in tables]
         cached = {i: hit for i, key in enumerate(keys) if (hit := self.cache.get(key)) is not None}
         todo = [i for i in range(len(tables)) if i not in cached]
         fresh = dict(zip(todo, self._generate([tables[i] for i in todo], deadline_s, [keys[i] for i in todo])))
@@ -77,8 +81,23 @@ class Explainer:
             # A template shown because the server was down or late is not the answer for these
             # facts: caching it would keep serving it after the server is back.
             if explanation.fallback is None or not explanation.fallback.transient:
-                self.cache.put(keys[i], explanation)
+                self.cache.put(keys[i], explanation, tables[i].item_id)
         return [cached[i] if i in cached else fresh[i] for i in range(len(tables))]
+
+    def stored(self, tables: list[FactTable], count: bool = True) -> list[Explanation | None]:
+        """What the cache and the explanation store hold for each table (None: nothing yet);
+        `count=False` for a poll that should not move the hit rate."""
+        return [self.cache.get(cache_key(t, self.template.label, self.model_key), count) for t in tables]
+
+    def missing(self, tables: list[FactTable]) -> list[FactTable]:
+        """The tables with nothing stored: the work left for the background explainer."""
+        return [t for t, found in zip(tables, self.stored(tables)) if found is None]
+
+    def pending(self, table: FactTable) -> Explanation:
+        """The checked template sentence, shown while the model's text for the table is on its way."""
+        text, facts = checked_template(table)
+        note = Attempt("", "", False, "llm pending: the model's text is being written in the background")
+        return Explanation(text, ExplanationSource.TEMPLATE, False, facts, self.template.label, self.model_name, (note,), FallbackReason.LLM_PENDING)
 
     def stream(self, table: FactTable) -> Iterator[str]:
         """The generator's raw answer for one table as it is written (for the prompt lab and the
@@ -144,9 +163,9 @@ class Explainer:
                 late = self._explanations(tables, run) if run.expired else []
             if run.expired:
                 self.late.add(-1)
-        for key, explanation in zip(keys, late):
+        for key, table, explanation in zip(keys, tables, late):
             if explanation.source is ExplanationSource.LLM:
-                self.cache.put(key, explanation)
+                self.cache.put(key, explanation, table.item_id)
 
     def _explanations(self, tables: list[FactTable], run: "_Run", late: str | None = None) -> list[Explanation]:
         """`late`: why the caller stops waiting (items without a settled answer then fall back for it)."""

@@ -22,7 +22,7 @@ from typing import Callable
 from whyrec.catalog import Catalog, EventKind, Item, strongest_kind
 from whyrec.ranker.model import cpu_has_bf16
 from whyrec.explainer.facts import PAST_TENSE, build_fact_table, shared_category_name, shared_use_words
-from whyrec.explainer.grounding import check_grounding
+from whyrec.explainer.grounding import check_reason
 from whyrec.explainer.templates import PromptTemplateSpec
 from whyrec.retrieval.cooccurrence import FollowCounts
 from whyrec.schema import Attribution, Evidence, Fact, FactKind, FactTable, RankedItem
@@ -40,8 +40,8 @@ def is_held_out(user_id: str) -> bool:
 class TuneConfig:
     examples: int = 200
     epochs: int = 1
-    rank: int = 16
-    alpha: int = 32
+    rank: int = 8
+    alpha: int = 16
     learning_rate: float = 1e-3
     batch_size: int = 4
     seed: int = 0
@@ -85,45 +85,108 @@ def content_fact_table(catalog: Catalog, user_id: str, position: int, rng: rando
     return build_fact_table(user_id, target, ranked, [(h, strongest_kind(events, h.item_id)) for h in history], evidence)
 
 
-def grounded_phrasings(table: FactTable) -> list[tuple[str, tuple[str, ...]]]:
+# Many phrasings per relation, so the tuned model learns the relation rather than a frame. Fields:
+# {verb} the shopper's event ("bought"), {h} the history item, {item} the recommended item,
+# {v} the fact's value, {n} a count, {who}/{looked} the counted shoppers ("shopper who bought it").
+FRAMES: dict[FactKind, tuple[str, ...]] = {
+    FactKind.SHARED_BRAND: (
+        'Because you {verb} "{h}", here is another {v} product.',
+        'Like "{h}", which you {verb}, it is made by {v}.',
+        'You {verb} "{h}", and this is made by {v} too.',
+        'It is from {v}, the maker of "{h}", which you {verb}.',
+        'Since you {verb} "{h}", we picked this from {v} as well.',
+        'Like the {h} you {verb}, the {item} is made by {v}.',
+    ),
+    FactKind.SHARED_CATEGORY: (
+        'Like "{h}", which you {verb}, it is in {v}.',
+        'Because you {verb} "{h}", we suggest this, also in {v}.',
+        'You {verb} "{h}"; this is in {v} too.',
+        'It is in {v}, like "{h}", which you {verb}.',
+        'Because you {verb} the {h}, we suggest the {item}, also in {v}.',
+    ),
+    FactKind.SHARED_USE: (
+        'Like "{h}", which you {verb}, it is one of the {v} products.',
+        'Since you {verb} "{h}", here is another {v} product.',
+        'You {verb} "{h}", and this is a {v} product too.',
+        'Since you {verb} the {h}, here is the {item}, another {v} product.',
+    ),
+    FactKind.BOUGHT_TOGETHER: (
+        'Because you {verb} "{h}": {n} {who} went on to buy this.',
+        'You {verb} "{h}"; {n} {who} went on to buy this.',
+        '{n} {who_full} "{h}", which you {verb}, went on to buy this.',
+        'You {verb} the {h}; {n} {who} went on to buy the {item}.',
+    ),
+    FactKind.VIEWED_TOGETHER: (
+        'Because you {verb} "{h}": {n} {looked} went on to look at this too.',
+        'You {verb} "{h}"; {n} {looked} went on to look at this too.',
+        '{n} {looked_full} "{h}", which you {verb}, went on to look at this too.',
+    ),
+    FactKind.OFTEN_NEXT: (
+        'Because you {verb} "{h}": it is among the items shoppers are most likely to pick next after it.',
+        'After "{h}", which you {verb}, shoppers are most likely to pick this next.',
+        'After the {h} you {verb}, shoppers are most likely to pick the {item} next.',
+    ),
+    FactKind.COUNTERFACTUAL: (
+        'Without "{h}" in your history, it would rank #{rank_without} instead of #{rank}.',
+        'Without the {h} in your history, the {item} would rank #{rank_without} instead of #{rank}.',
+        'Because you {verb} "{h}", this ranks #{rank} instead of #{rank_without}.',
+    ),
+}
+# Relations told with the recommended item's own title use its title fact too.
+_ITEM_FIELD = "{item}"
+
+
+@dataclass(frozen=True)
+class Phrasing:
+    kind: FactKind | None  # the relation told; None for the bare reason of a table with none
+    text: str
+    fact_ids: tuple[str, ...]
+
+
+def grounded_phrasings(table: FactTable) -> list[Phrasing]:
     """Phrasings of the table's reasons, each with the fact ids it uses: every relation fact told
-    with its own history item, in several frames; only those that pass the check."""
+    with its own history item, in every frame for its kind; only those that pass the check a shown
+    reason must pass (`check_reason`, so no bare reason where the table has a relation)."""
     title = next((f for f in table.facts if f.kind is FactKind.ITEM_TITLE), None)
     history = {f.history_item_id: f for f in table.facts if f.kind is FactKind.HISTORY_ITEM}
     if title is None or not history:
         return []
-    item = title.value
-    options: list[tuple[str, tuple[Fact, ...]]] = []
+    options: list[tuple[FactKind | None, str, tuple[Fact, ...]]] = []
     for fact in table.facts:
         subject = history.get(fact.history_item_id)
-        if subject is None or fact.kind is FactKind.HISTORY_ITEM:
+        if subject is None or fact.kind not in FRAMES:
             continue
-        verb, h, v = PAST_TENSE[subject.event or EventKind.PURCHASE], subject.value, fact.value
-        pair = (subject, fact)
-        if fact.kind is FactKind.SHARED_BRAND:
-            options += [(f"Because you {verb} the {h}, here is another {v} product.", pair),
-                        (f"Like the {h} you {verb}, the {item} is made by {v}.", (subject, fact, title))]
-        elif fact.kind is FactKind.SHARED_CATEGORY:
-            options += [(f"Because you {verb} the {h}, we suggest the {item}, also in {v}.", (subject, title, fact)),
-                        (f"Like the {h} you {verb}, it is in {v}.", pair)]
-        elif fact.kind is FactKind.SHARED_USE:
-            options.append((f"Since you {verb} the {h}, here is the {item}, another {v} product.", (subject, title, fact)))
-        elif fact.kind is FactKind.BOUGHT_TOGETHER:
-            who = "other shopper who bought it" if fact.count == 1 else "other shoppers who bought it"
-            options += [(f"You {verb} the {h}; {fact.count} {who} went on to buy the {item}.", (subject, fact, title)),
-                        (f"{fact.count} other shoppers who bought the {h} went on to buy the {item}, and you {verb} the {h} too.", (subject, fact, title)) if fact.count != 1 else
-                        (f"Because you {verb} the {h}: 1 other shopper who bought it went on to buy this.", pair)]
-        elif fact.kind is FactKind.VIEWED_TOGETHER:
-            options.append((f"You {verb} the {h}; {fact.count} other shoppers who looked at it went on to look at this too.", pair))
-        elif fact.kind is FactKind.OFTEN_NEXT:
-            options.append((f"After the {h} you {verb}, shoppers are most likely to pick the {item} next.", (subject, fact, title)))
-        elif fact.kind is FactKind.COUNTERFACTUAL:
-            options.append((f"Without the {h} in your history, the {item} would rank #{fact.rank_without} instead of #{fact.rank}.", pair))
+        n = fact.count or 0
+        fields = {
+            "verb": PAST_TENSE[subject.event or EventKind.PURCHASE], "h": subject.value, "item": title.value, "v": fact.value, "n": n,
+            "who": "other shopper who bought it" if n == 1 else "other shoppers who bought it",
+            "who_full": "other shopper who bought" if n == 1 else "other shoppers who bought",
+            "looked": "other shopper who looked at it" if n == 1 else "other shoppers who looked at it",
+            "looked_full": "other shopper who looked at" if n == 1 else "other shoppers who looked at",
+            "rank": fact.rank, "rank_without": fact.rank_without,
+        }
+        for frame in FRAMES[fact.kind]:
+            used = (subject, fact, title) if _ITEM_FIELD in frame else (subject, fact)
+            options.append((fact.kind, frame.format(**fields), used))
     if not options:  # no relation to tell: the bare reason, named
         top = next(iter(history.values()))
         verb, h = PAST_TENSE[top.event or EventKind.PURCHASE], top.value
-        options = [(f"You {verb} the {h}, so we suggest the {item}.", (top, title)), (f"Based on the {h} you {verb}, here is the {item}.", (top, title))]
-    return [(text, tuple(sorted({f.fact_id for f in facts}, key=lambda i: int(i[1:])))) for text, facts in options if check_grounding(text, table).passed]
+        options = [(None, f'Because you {verb} "{h}".', (top,)), (None, f"Based on the {h} you {verb}, here is the {title.value}.", (top, title))]
+    return [Phrasing(kind, text, tuple(sorted({f.fact_id for f in facts}, key=lambda i: int(i[1:])))) for kind, text, facts in options if check_reason(text, table).passed]
+
+
+COUNTERFACTUAL_SHARE = 0.15  # a rank number says less to a shopper than what the items share
+
+
+def pick_phrasing(options: list[Phrasing], rng: random.Random) -> Phrasing:
+    """A relation first, each equally likely (the counterfactual rarely where another is there), then
+    one of its phrasings: so counts and shared makers are learnt as often as the commonest frame."""
+    kinds = list(dict.fromkeys(o.kind for o in options))
+    others = [k for k in kinds if k is not FactKind.COUNTERFACTUAL]
+    if others and FactKind.COUNTERFACTUAL in kinds and rng.random() >= COUNTERFACTUAL_SHARE:
+        kinds = others
+    kind = rng.choice(kinds)
+    return rng.choice([o for o in options if o.kind is kind])
 
 
 def answer_json(text: str, fact_ids: tuple[str, ...]) -> str:
@@ -136,25 +199,27 @@ class TuningExample:
     target: str  # the structured answer the model should write
 
 
-def tuning_examples(catalog: Catalog, n: int, seed: int = 0, held_out: bool = False) -> list[TuningExample]:
+def tuning_examples(catalog: Catalog, n: int, seed: int = 0, held_out: bool = False, passes: int = 4) -> list[TuningExample]:
     """Up to n examples from training shoppers (or, with held_out, from the held-out ones), one
-    table per shopper per pass, each with a grounded phrasing picked at random."""
+    table per shopper per pass (another of their items each pass, so a small shop gives more than
+    one per shopper), each with a grounded phrasing of a relation picked at random."""
     rng = random.Random(seed)
     users = [u for u in catalog.users if is_held_out(u) == held_out and len(catalog.sequence(u)) >= 2]
     rng.shuffle(users)
     follows = FollowCounts(catalog.interactions)
     examples: list[TuningExample] = []
-    for user in users:
-        if len(examples) >= n:
-            break
-        sequence = catalog.sequence(user)
-        # Never the shopper's last two items: those are the ranker's validation and test targets.
-        last = len(sequence) - 3 if len(sequence) > 3 else len(sequence) - 1
-        table = content_fact_table(catalog, user, rng.randint(1, max(1, last)), rng, follows=follows)
-        options = grounded_phrasings(table) if table else []
-        if options:
-            text, ids = rng.choice(options)
-            examples.append(TuningExample(table, answer_json(text, ids)))
+    for _ in range(passes):
+        for user in users:
+            if len(examples) >= n:
+                return examples
+            sequence = catalog.sequence(user)
+            # Never the shopper's last two items: those are the ranker's validation and test targets.
+            last = len(sequence) - 3 if len(sequence) > 3 else len(sequence) - 1
+            table = content_fact_table(catalog, user, rng.randint(1, max(1, last)), rng, follows=follows)
+            options = grounded_phrasings(table) if table else []
+            if options:
+                chosen = pick_phrasing(options, rng)
+                examples.append(TuningExample(table, answer_json(chosen.text, chosen.fact_ids)))
     return examples
 
 
@@ -167,6 +232,7 @@ def train_lora(
     config: TuneConfig = TuneConfig(),
     progress: bool = True,
     resume: Path | None = None,
+    sources: list[dict] | None = None,
 ) -> dict:
     """Fine-tune LoRA adapters on the examples (loss on the answer tokens only) and save them
     (peft format, loadable by `TransformersChatModel(adapter_path=...)` and by vLLM's --lora-modules).
@@ -230,10 +296,16 @@ def train_lora(
     # Write beside the target and rename, so an interrupted run never leaves a half adapter.
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".partial")
+    # Saved in fp16: half the size (the shipped adapter must stay small), and merged into the fp32
+    # base at load it gives the same answers.
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.to(torch.float16)
     model.save_pretrained(staging)
     report = {
         "base_model": model_path,
         "template": template.label,
+        "shops": sources or [],
         "examples": len(examples),
         "examples_in_all": len(examples) + earlier.get("examples_in_all", earlier.get("examples", 0)),
         "resumed_from": earlier or None,

@@ -42,7 +42,9 @@ def office_slice(tmp_path_factory) -> Path:
 def slice_settings(office_slice, cache_dir):
     from whyrec.config import Settings
 
-    return Settings(data=office_slice, cache_dir=cache_dir)
+    # The tests written for served slates that wait for the model (deadlines, faults, the support
+    # console) keep that mode; tests/test_background.py covers pages that do not wait.
+    return Settings(data=office_slice, cache_dir=cache_dir, page_waits_for_model=True)
 
 
 @pytest.fixture(scope="session")

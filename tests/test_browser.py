@@ -180,6 +180,37 @@ def test_shop_reason_names_what_other_shoppers_did_with_the_count(server, page, 
         assert check_grounding(text, table).passed, text
 
 
+def test_shop_shows_checked_reasons_at_once_then_the_models_in_place_and_the_next_visit_at_once(server, page, slice_catalog):
+    url, _ = server
+    user = slice_catalog.users[30]  # no earlier test or pre-warm reached this shopper
+    page.goto(f"{url}/shop/")
+    shopper = page.locator("#shop-shopper input")
+    shopper.fill(user)
+    shopper.press("Enter")
+    page.locator("#shop-input textarea").fill("show me something")
+    page.locator("#shop-input textarea").press("Enter")
+    page.wait_for_function("document.querySelectorAll('.whyrec-card .whyrec-text').length == 2", timeout=60_000)
+    first = page.locator(".whyrec-card .whyrec-badge").all_inner_texts()
+    assert all("built from the facts; the assistant's own words are on the way" in b for b in first), first
+    _shot(page, "shop-pending")
+    # Each card is updated in place as its model text is stored (or settles as the checked template).
+    page.wait_for_function("[...document.querySelectorAll('.whyrec-card .whyrec-badge')].every(b => !b.innerText.includes('on the way'))", timeout=SLOW)
+    settled = page.locator(".whyrec-card .whyrec-text").all_inner_texts()
+    _shot(page, "shop-written")
+
+    page.goto(f"{url}/shop/")
+    shopper = page.locator("#shop-shopper input")
+    shopper.fill(user)
+    shopper.press("Enter")
+    page.locator("#shop-input textarea").fill("show me something")
+    page.locator("#shop-input textarea").press("Enter")
+    page.wait_for_function("document.querySelectorAll('.whyrec-card .whyrec-text').length == 2", timeout=60_000)
+    again = page.locator(".whyrec-card .whyrec-badge").all_inner_texts()
+    assert not any("on the way" in b for b in again), again  # stored: shown at once, nothing pending
+    assert page.locator(".whyrec-card .whyrec-text").all_inner_texts() == settled
+    _shot(page, "shop-next-visit")
+
+
 def _login(page, url: str) -> None:
     page.goto(f"{url}/staff/")
     page.locator('input[data-testid="textbox"]').fill(STAFF[0])

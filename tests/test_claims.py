@@ -310,3 +310,21 @@ def test_a_bad_fact_file_exits_2_naming_the_file_and_field(tmp_path, content, me
 def test_text_and_texts_are_one_or_the_other(fact_file):
     done = _check("--facts", fact_file)
     assert done.returncode == 2 and "exactly one of --text" in done.stderr
+
+
+def test_a_brand_written_with_its_apostrophe_is_the_brand_fact_even_where_a_use_fact_spells_it_without():
+    from whyrec.schema import Fact, FactKind, FactTable
+
+    pen = dict(item_id="ink", history_item_id="pen")
+    table = FactTable("u", "ink", (
+        Fact("F1", FactKind.ITEM_TITLE, 'The recommended item is "Noodlers Ink 3 Oz Borealis Black".', "Noodlers Ink 3 Oz Borealis Black", item_id="ink"),
+        Fact("F2", FactKind.ITEM_BRAND, "It is made by Noodler's.", "Noodler's", item_id="ink"),
+        Fact("F3", FactKind.HISTORY_ITEM, 'You bought "Noodlers Ahab Fountain Pen Demo".', "Noodlers Ahab Fountain Pen Demo", history_item_id="pen", event=EventKind.PURCHASE, position=1),
+        Fact("F4", FactKind.SHARED_BRAND, 'Like "Noodlers Ahab Fountain Pen Demo", it is made by Noodler\'s.', "Noodler's", **pen),
+        Fact("F5", FactKind.SHARED_USE, 'Like "Noodlers Ahab Fountain Pen Demo", it is one of the noodlers products.', "noodlers", **pen),
+        Fact("F6", FactKind.HISTORY_ITEM, 'You bought "Pentel Graph Gear 1000".', "Pentel Graph Gear 1000", history_item_id="pencil", event=EventKind.PURCHASE, position=2),
+    ))
+    assert template_sentence(table)[0] == 'Like "Noodlers Ahab Fountain Pen Demo", which you bought, it is made by Noodler\'s.'
+    assert check_grounding(template_sentence(table)[0], table).passed
+    spliced = check_grounding('Like "Pentel Graph Gear 1000", which you bought, it is made by Noodler\'s.', table)
+    assert not spliced.passed and "F6" in spliced.reason and "F4" in spliced.reason

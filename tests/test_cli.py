@@ -107,3 +107,16 @@ def test_eval_explanations_reports_the_keys_later_checks_read(office_slice, cach
 def test_eval_explanations_rejects_an_unknown_backend(cache_dir):
     done = _run(["eval", "explanations", "--backend", "gpu"], cache_dir, timeout=300)
     assert done.returncode == 1 and "--backend must be 'local', 'openai' or 'none'" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.integration
+def test_explain_batch_fills_the_store_and_a_second_run_reuses_every_explanation(office_slice, cache_dir, slice_training, tmp_path):
+    database = f"sqlite:///{tmp_path / 'whyrec.sqlite3'}"
+    args = ["explain-batch", "--data", str(office_slice), "--users", "2", "-k", "2", "--database-url", database, "--json"]
+    first = _run(args, cache_dir)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["explanations"] == 4 and report["generated"] == 4 and report["already_stored"] == 0
+    assert "explaining slates" in first.stderr  # the progress bar
+    again = json.loads(_run(args, cache_dir).stdout)
+    assert again["already_stored"] == 4 and again["generated"] == 0 and again["reused_share"] == 1.0

@@ -70,11 +70,10 @@ def _table(user="u1", brand="Lumora"):
     return FactTable(user, "lamp", (Fact("F1", FactKind.ITEM_TITLE, 'The recommended item is "Lamp".', "Lamp"), Fact("F2", FactKind.HISTORY_ITEM, f'You bought "{brand} Clip".', f"{brand} Clip", history_item_id="clip")))
 
 
-def test_the_cache_key_changes_with_shopper_facts_template_version_and_model():
+def test_the_cache_key_changes_with_the_facts_template_version_and_model_but_not_the_shopper():
     base = cache_key(_table(), "shopper.v2", "m")
-    assert base == cache_key(_table(), "shopper.v2", "m")
-    assert len({base, cache_key(_table(user="u2"), "shopper.v2", "m"), cache_key(_table(brand="Oak"), "shopper.v2", "m"),
-                cache_key(_table(), "shopper.v1", "m"), cache_key(_table(), "shopper.v2", "m+lora")}) == 5
+    assert base == cache_key(_table(), "shopper.v2", "m") == cache_key(_table(user="u2"), "shopper.v2", "m")
+    assert len({base, cache_key(_table(brand="Oak"), "shopper.v2", "m"), cache_key(_table(), "shopper.v1", "m"), cache_key(_table(), "shopper.v2", "m+lora")}) == 4
 
 
 def test_the_cache_drops_the_least_recently_used_entry_when_full():

@@ -59,6 +59,7 @@ class Card:
     source: str = ""
     facts: tuple[tuple[str, str, str], ...] = ()  # (fact id, chip label, fact sentence) the text rests on
     driver_id: str | None = None  # the history item the reason rests on: target of "don't use this purchase"
+    pending: bool = False  # a checked template shown while the model's text is being written
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,15 @@ def card_for(entry: RecommendedItem, history: set[str]) -> Card:
         source=e.source.value,
         facts=tuple((f.fact_id, _CHIP_LABEL.get(f.kind, f.kind.value.replace("_", " ")), f.text) for f in e.facts),
         driver_id=driver,
+        pending=e.pending,
     )
 
 
 def card_html(card: Card) -> str:
     if card.text:
         badge = "written by the model, checked against the facts" if card.source == "llm" else "built from the facts"
+        if card.pending:
+            badge += "; the assistant's own words are on the way"
         why = f'<p class="whyrec-why"><b>Why you see this:</b> <span class="whyrec-text">{html.escape(card.text)}</span> <span class="whyrec-badge">({badge})</span></p>'
     else:
         why = '<p class="whyrec-why whyrec-pending">Why you see this: writing…</p>'

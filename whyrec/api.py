@@ -61,7 +61,8 @@ class ExplanationOut(BaseModel):
     prompt_version: str
     model: str
     attempts: list[AttemptRecord]
-    fallback: str | None = Field(None, description="why the template sentence is shown: llm_unavailable, llm_deadline_exceeded, llm_output_unparseable or ungrounded")
+    fallback: str | None = Field(None, description="why the template sentence is shown: llm_pending, llm_unavailable, llm_deadline_exceeded, llm_output_unparseable or ungrounded")
+    pending: bool = Field(False, description="the checked template is shown while the model's text is written in the background; ask again (or follow the stream) for it")
 
 
 class ItemOut(BaseModel):
@@ -159,6 +160,7 @@ def item_out(entry: RecommendedItem, feature_names: tuple[str, ...]) -> ItemOut:
             model=e.model,
             attempts=[AttemptRecord(raw_output=a.raw_output, text=a.text, passed=a.passed, reason=a.reason) for a in e.attempts],
             fallback=e.fallback.value if e.fallback else None,
+            pending=e.pending,
         ),
     )
 

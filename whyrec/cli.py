@@ -90,6 +90,61 @@ def explain(
         print(f"    [{fact.fact_id}] {fact.text}")
 
 
+@app.command("explain-batch")
+def explain_batch(
+    data: Optional[Path] = DataOption,
+    users: int = typer.Option(100, "--users", min=1, help="The shop's first N shoppers."),
+    all_shoppers: bool = typer.Option(False, "--all", help="Every shopper of the data."),
+    k: int = typer.Option(10, "-k", "--k", min=1, max=50, help="Items per shopper's slate."),
+    batch_users: int = typer.Option(4, "--batch-users", min=1, help="Shoppers whose missing explanations go to the generator as one batch."),
+    llm_url: Optional[str] = LlmUrlOption,
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="The service's database (the explanation store). Default: $WHYREC_DATABASE_URL, else the SQLite file `whyrec serve` uses."),
+    as_json: bool = JsonOption,
+):
+    """Fill the explanation store for shoppers' slates ahead of their visits (a shop's nightly run).
+
+    Resumable: what is stored already is skipped, so an interrupted run picks up where it stopped."""
+    from tqdm import tqdm
+
+    from whyrec.explainer import ExplanationStore
+    from whyrec.pipeline import Recommender
+    from whyrec.schema import ExplanationSource
+    from whyrec.store import Store
+
+    settings = _settings(data, llm_url, database_url=database_url)
+    recommender = Recommender.load(settings)
+    explainer = recommender.explainer
+    database = Store(settings.resolved_database_url())
+    explainer.cache.store = ExplanationStore(database.engine)
+    chosen = recommender.catalog.users if all_shoppers else recommender.catalog.users[:users]
+    started, total, stored, written, from_model = time.time(), 0, 0, 0, 0
+    bar = tqdm(total=len(chosen), desc="explaining slates", unit="shopper")
+    for start in range(0, len(chosen), batch_users):
+        slates = [recommender.rank(u, k, cold_start=True) for u in chosen[start : start + batch_users]]
+        tables = [t for slate in slates if not slate.cold_start for t in slate.tables]  # cold-start reasons are templates
+        todo = explainer.missing(tables)
+        explained = explainer.explain(todo) if todo else []
+        total, stored, written = total + len(tables), stored + len(tables) - len(todo), written + len(todo)
+        from_model += sum(e.source is ExplanationSource.LLM for e in explained)
+        bar.update(len(chosen[start : start + batch_users]))
+        bar.set_postfix(written=written, reused=stored)
+    bar.close()
+    seconds = time.time() - started
+    report = {
+        "data": recommender.catalog.name, "shoppers": len(chosen), "k": k, "explanations": total,
+        "already_stored": stored, "reused_share": round(stored / total, 4) if total else 0.0,
+        "generated": written, "model_written_share_of_generated": round(from_model / written, 4) if written else 0.0,
+        "seconds": round(seconds, 1), "explanations_per_second": round(written / seconds, 3) if seconds else 0.0,
+        "model": explainer.model_key, "database": database.display_url,
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{total} explanations for {len(chosen)} shoppers: {stored} already stored ({report['reused_share']:.0%}), "
+          f"{written} generated ({report['model_written_share_of_generated']:.0%} by the model) in {seconds:.0f}s, "
+          f"{report['explanations_per_second']:.2f}/s; store: {report['database']}")
+
+
 @app.command()
 def train(
     data: Optional[Path] = DataOption,
@@ -355,12 +410,12 @@ def _reference_scores(path: Path, explainer, settings: Settings) -> dict:
 
 @explainer_app.command("tune")
 def explainer_tune(
-    data: Optional[Path] = DataOption,
-    examples: int = typer.Option(200, min=8, help="Grounded (facts -> explanation) training examples, one per training shopper."),
+    data: Optional[list[Path]] = typer.Option(None, "--data", help="Data folder to take training shoppers from; repeat it to tune on several shops (the shipped adapter: see scripts/tune-adapter.sh). Default: $WHYREC_DATA, else the bundled sample store."),
+    examples: int = typer.Option(200, min=8, help="Grounded (facts -> explanation) training examples in all, split evenly over the shops; one per training shopper."),
     epochs: int = typer.Option(1, min=1, help="Passes over the examples."),
-    rank: int = typer.Option(16, min=1, help="LoRA rank."),
+    rank: int = typer.Option(8, min=1, help="LoRA rank (8 keeps the fp16 adapter of the default generator under 5 MB)."),
     learning_rate: float = typer.Option(1e-3, help="AdamW learning rate (linear decay)."),
-    eval_users: int = typer.Option(40, min=0, help="Held-out shoppers to measure the raw grounded rate and USR on, before and after (0 = skip)."),
+    eval_users: int = typer.Option(40, min=0, help="Held-out shoppers of the first shop to measure the raw grounded rate and USR on, before and after (0 = skip)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Adapter folder. Default: <cache>/adapters/<generator>/lora-<template>, which the explainer then loads by itself."),
     resume: bool = typer.Option(False, "--resume", help="Continue training the adapter already at --out (use another --seed for new examples)."),
     seed: int = typer.Option(0, help="Seed of the training shoppers' sample and of training."),
@@ -369,25 +424,34 @@ def explainer_tune(
     """Fine-tune the generator with LoRA on grounded explanations made from training shoppers' data.
 
     Held-out shoppers (one in five, by a hash of the id) are never trained on; the raw grounded rate
-    and unique-sentence ratio of the model's first answers are measured on them before and after."""
+    and unique-sentence ratio of the model's first answers are measured on them before and after.
+    The adapter's whyrec_adapter.json records the shops (name, data fingerprint, examples each)."""
+    from whyrec.catalog import fingerprint
     from whyrec.errors import ConfigError
     from whyrec.explainer.evaluation import first_answer_metrics
     from whyrec.explainer.tuning import TuneConfig, train_lora, tuning_examples
     from whyrec.pipeline import build_explainer, default_adapter_folder, load_data
     from whyrec.models import generator_path
 
-    settings = _settings(data)
-    catalog = load_data(settings)
+    shops = [_settings(d) for d in (data or [None])]
+    settings = shops[0]
+    catalogs = [load_data(s) for s in shops]
     base = build_explainer(settings.model_copy(update={"adapter": None, "explanation_cache_size": 0}))
     target = out or default_adapter_folder(settings, base.template)
     if resume and not (target / "adapter_config.json").exists():
         raise ConfigError(f"--resume: no adapter at {target} to continue")
-    train_set = tuning_examples(catalog, examples, seed=seed)
-    held_out = [e.table for e in tuning_examples(catalog, eval_users, seed=1, held_out=True)] if eval_users else []
-    print(f"{len(train_set)} training examples from training shoppers; {len(held_out)} held-out shoppers to measure on", file=sys.stderr)
+    train_set, sources = [], []
+    for i, catalog in enumerate(catalogs):
+        share = examples // len(catalogs) + (1 if i < examples % len(catalogs) else 0)
+        taken = tuning_examples(catalog, share, seed=seed)
+        train_set += taken
+        sources.append({"data": catalog.name, "data_fingerprint": fingerprint(catalog), "examples": len(taken)})
+    random.Random(seed).shuffle(train_set)
+    held_out = [e.table for e in tuning_examples(catalogs[0], eval_users, seed=1, held_out=True)] if eval_users else []
+    print(f"{len(train_set)} training examples from training shoppers of {', '.join(c.name for c in catalogs)}; {len(held_out)} held-out shoppers to measure on", file=sys.stderr)
     before = first_answer_metrics(base, held_out) if held_out else None
     config = TuneConfig(examples=examples, epochs=epochs, rank=rank, alpha=2 * rank, learning_rate=learning_rate, seed=seed)
-    training = train_lora(generator_path(settings), base.template, train_set, base.variables, target, config, resume=target if resume else None)
+    training = train_lora(generator_path(settings), base.template, train_set, base.variables, target, config, resume=target if resume else None, sources=sources)
     report = {"adapter": str(target), "training": training, "before": before}
     if held_out:
         tuned = build_explainer(settings.model_copy(update={"adapter": target, "explanation_cache_size": 0}))
@@ -491,6 +555,8 @@ def demo(
     """Start the whole service (as `whyrec serve`) on the bundled sample store unless --data is
     given: the Shop view at /shop, the staff console at /staff (set WHYREC_STAFF_PASSWORD_HASH from
     `whyrec hash-password` to log in), the JSON API at /docs."""
+    # The demo's first shoppers get their model texts written before anyone asks.
+    os.environ.setdefault("WHYREC_PREWARM_SHOPPERS", "12")
     serve(data=data, llm_url=llm_url, database_url=None, host=host, port=port)
 
 

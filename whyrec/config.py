@@ -68,6 +68,9 @@ class Settings(BaseSettings):
 
     # Faults (issue 6): a slow or absent LLM server, an unavailable database.
     explain_deadline_s: float = Field(30.0, gt=0, description="Served slates (API, Shop view) wait at most this long for the LLM's checked explanations; items without one by then get the template sentence. 30 s fits a slate of 10 on a 2-core CPU box; a GPU server needs far less.")
+    page_waits_for_model: bool = Field(False, description="Slates wait (up to explain_deadline_s) for the model's texts, as before the background explainer; off = a page answers at once with stored texts and pending templates.")
+    background_queue: int = Field(256, ge=1, description="Shoppers whose next slate may wait for the background explainer; more are refused (their pages keep the templates).")
+    prewarm_shoppers: int = Field(0, ge=0, description="On start, queue this many recently active shoppers (then the shop's first ones) for the background explainer; `whyrec demo` sets it.")
     llm_max_late: int = Field(2, ge=1, description="Slates whose explanations may still be generating after their deadline; while that many are, new requests get the template sentence at once and the LLM server is not asked (it is asked again as they finish).")
     write_spool: Path | None = Field(None, description="Append-only file holding impressions, events and feedback written while the database is unavailable, replayed when it returns (also after a restart); unset = ~/.local/share/whyrec/spool/<database>.jsonl.")
     write_spool_max: int = Field(10_000, ge=1, description="Queued writes kept at most while the database is unavailable; beyond that, writes get a 503.")

@@ -269,18 +269,43 @@ def default_adapter_folder(settings: Settings, template: PromptTemplateSpec) -> 
     return settings.cache_dir / "adapters" / settings.generator.replace("/", "--") / f"lora-{template.label}"
 
 
+def shipped_adapter_folder(settings: Settings, template: PromptTemplateSpec) -> Path:
+    """The adapter that ships inside the package for this generator and template (only the default
+    generator has one; `scripts/tune-adapter.sh` makes it)."""
+    return Path(str(importlib.resources.files("whyrec.explainer"))) / "adapters" / settings.generator.replace("/", "--") / f"lora-{template.label}"
+
+
+def resolve_adapter(settings: Settings, template: PromptTemplateSpec) -> Path | None:
+    """The LoRA adapter the in-process generator loads: WHYREC_ADAPTER when set ('none' = no
+    adapter), else one `whyrec explainer tune` saved for this shop's generator and template, else
+    the shipped one. A server (WHYREC_LLM_URL) serves its own; only an explicit setting names it."""
+    if "adapter" in settings.model_fields_set or settings.adapter is not None:
+        return None if settings.adapter is None or str(settings.adapter).lower() == "none" else settings.adapter
+    if settings.llm_url:
+        return None
+    for folder in (default_adapter_folder(settings, template), shipped_adapter_folder(settings, template)):
+        if (folder / "adapter_config.json").exists():
+            return folder
+    return None
+
+
 def build_explainer(settings: Settings, log: Log = stderr_log) -> Explainer:
-    """The configured explainer. Unless WHYREC_ADAPTER says otherwise, a LoRA adapter that
-    `whyrec explainer tune` saved for this generator and template is loaded."""
+    """The configured explainer, with the adapter `resolve_adapter` picks."""
     template = load_template(settings.prompt, settings.prompt_version, extra_dirs=[settings.prompts_dir] if settings.prompts_dir else [])
-    if settings.adapter is None and not settings.llm_url and "adapter" not in settings.model_fields_set:
-        tuned = default_adapter_folder(settings, template)
-        if (tuned / "adapter_config.json").exists():
-            settings = settings.model_copy(update={"adapter": tuned})
+    settings = settings.model_copy(update={"adapter": resolve_adapter(settings, template)})
     generator = None if settings.llm_url else models.generator_path(settings, progress=log)
     chat_model, model_name = make_chat_model(settings, generator)
     cache = ExplanationCache(settings.explanation_cache_size)
-    return Explainer(chat_model, template, model_name, concurrency=settings.llm_concurrency, cache=cache, max_late=settings.llm_max_late)
+    return Explainer(chat_model, template, model_name, concurrency=settings.llm_concurrency, cache=cache, max_late=settings.llm_max_late,
+                     model_key=_model_key(model_name, settings.adapter))
+
+
+def _model_key(model_name: str, adapter: Path | None) -> str:
+    """The model name with a digest of the adapter's weights: what stored explanations are keyed on."""
+    weights = Path(adapter) / "adapter_model.safetensors" if adapter else None
+    if weights is None or not weights.exists():
+        return model_name
+    return f"{model_name}@{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}"
 
 
 StageTimer = Callable[[str, float], None]
@@ -349,14 +374,21 @@ class Recommender:
         tables = self._fact_tables(user_id, events, history, items)
         return RankedSlate(user_id, tuple(history), tuple(items), tuple(tables), topic_matched=bool(matching))
 
-    def explain_slate(self, slate: RankedSlate, positions: list[int] | None = None, deadline: float | None = None) -> list[RecommendedItem]:
+    def explain_slate(self, slate: RankedSlate, positions: list[int] | None = None, deadline: float | None = None, wait: bool = True) -> list[RecommendedItem]:
         """Explanations for the slate's items (or those at `positions`), generated as one batch
         (template reasons, without the generator, for a cold-start slate). `deadline` (a
-        time.monotonic() value) bounds the wait: items not explained by then get the template sentence."""
+        time.monotonic() value) bounds the wait: items not explained by then get the template sentence.
+        Without `wait`, nothing is generated: each item gets its stored text, else its checked
+        template marked pending (the background explainer writes the rest)."""
         positions = list(range(len(slate.items))) if positions is None else positions
         tables = [slate.tables[i] for i in positions]
         with self._stage("explanation"):
-            explanations = [self._template_reason(t) for t in tables] if slate.cold_start else self.explainer.explain(tables, _seconds_left(deadline))
+            if slate.cold_start:
+                explanations = [self._template_reason(t) for t in tables]
+            elif not wait:
+                explanations = [found or self.explainer.pending(t) for t, found in zip(tables, self.explainer.stored(tables))]
+            else:
+                explanations = self.explainer.explain(tables, _seconds_left(deadline))
         return [self._recommended(slate.items[i], e, t) for i, e, t in zip(positions, explanations, tables)]
 
     def explain(self, user_id: str, item_id: str, overlay: ShopperOverlay | None = None, deadline: float | None = None) -> RecommendedItem:

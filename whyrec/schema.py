@@ -236,6 +236,7 @@ class FallbackReason(str, Enum):
     LLM_DEADLINE_EXCEEDED = "llm_deadline_exceeded"  # no checked answer within WHYREC_EXPLAIN_DEADLINE_S
     LLM_OUTPUT_UNPARSEABLE = "llm_output_unparseable"  # a response that is not a chat answer, or no sentence in it
     UNGROUNDED = "ungrounded"  # answers came back but failed the grounding check
+    LLM_PENDING = "llm_pending"  # the page did not wait: the model's text is being written in the background
 
     @property
     def transient(self) -> bool:
@@ -257,6 +258,11 @@ class Explanation:
     model: str = ""
     attempts: tuple["Attempt", ...] = ()  # every LLM answer and its verdict, shown or not
     fallback: FallbackReason | None = None  # set when source is TEMPLATE
+
+    @property
+    def pending(self) -> bool:
+        """A checked template shown while the model's text is on its way (the next view shows it)."""
+        return self.fallback is FallbackReason.LLM_PENDING
 
 
 @dataclass(frozen=True)
@@ -293,6 +299,7 @@ class RecommendedItem:
                 "model": self.explanation.model,
                 "attempts": [asdict(a) for a in self.explanation.attempts],
                 "fallback": self.explanation.fallback.value if self.explanation.fallback else None,
+                "pending": self.explanation.pending,
             },
         }
 

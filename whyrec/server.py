@@ -19,4 +19,7 @@ def build_server(settings: Settings, recommender: Recommender | None = None, log
     store = Store(settings.resolved_database_url(), settings.resolved_write_spool(), settings.write_spool_max, settings.write_retry_s)
     log(f"impression and feedback store: {store.engine.url.render_as_string(hide_password=True)}")
     service = WhyrecService(recommender or Recommender.load(settings, log=log), store, ServiceMetrics())
+    if settings.prewarm_shoppers and not settings.page_waits_for_model:
+        queued = service.prewarm(settings.prewarm_shoppers, settings.shop_k)
+        log(f"background explainer: {queued} recently active shoppers queued for their next slate's explanations")
     return mount_views(create_app(service, settings), service, settings)

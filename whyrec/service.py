@@ -4,14 +4,17 @@ service's metrics."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Iterator
 
 from whyrec.catalog import EventKind, Interaction, dedupe_keep_last
+from whyrec.background import BackgroundExplainer
 from whyrec.errors import WhyrecError
+from whyrec.explainer import ExplanationStore
 from whyrec.pipeline import Recommender, topic_words
 from whyrec.schema import RankedSlate, RecommendedItem, WhyNot
 from whyrec.store import DatabaseUnavailable, EventRecord, FeedbackKind, FeedbackRecord, ImpressionRecord, Store
@@ -70,7 +73,25 @@ class WhyrecService:
         self.store = store
         self.metrics = metrics
         recommender.stage_timer = metrics.observe_stage
+        # The explainer's in-memory cache is the front of the explanation store in this service's
+        # database: texts outlive restarts and are shared by the replicas on one database.
+        cache = recommender.explainer.cache
+        cache.store = ExplanationStore(store.engine)
         metrics.queued_writes.set_function(lambda: store.queued)
+        metrics.explanation_lookups.labels("memory").set_function(lambda: cache.hits)
+        metrics.explanation_lookups.labels("store").set_function(lambda: cache.store_hits)
+        metrics.explanation_lookups.labels("miss").set_function(lambda: cache.misses)
+        metrics.explanation_hit_rate.set_function(lambda: cache.hit_rate)
+        settings = recommender.settings
+        self.background = BackgroundExplainer(
+            lambda tables: recommender.explainer.explain(tables), self._state, recommender.explainer.missing, settings.background_queue
+        )
+        metrics.background_depth.set_function(lambda: self.background.depth)
+        metrics.background_lag.set_function(lambda: self.background.lag_s)
+        metrics.background_jobs.labels("done").set_function(lambda: self.background.stats.done)
+        metrics.background_jobs.labels("stale").set_function(lambda: self.background.stats.stale)
+        metrics.background_jobs.labels("refused").set_function(lambda: self.background.stats.refused)
+        metrics.background_jobs.labels("failed").set_function(lambda: self.background.stats.failed)
 
     @property
     def catalog(self):
@@ -81,8 +102,38 @@ class WhyrecService:
         A shopper the shop has never seen, or with every purchase excluded, gets popular and new items."""
         deadline = self._deadline()
         slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request), cold_start=True)
-        items = self.recommender.explain_slate(slate, deadline=deadline)
+        if self.recommender.settings.page_waits_for_model:
+            return self._log(slate, self.recommender.explain_slate(slate, deadline=deadline))
+        items = self.recommender.explain_slate(slate, wait=False)
+        self._explain_later(slate, items)
         return self._log(slate, items)
+
+    def prewarm(self, shoppers: int, k: int) -> int:
+        """Queue the most recently active shoppers (then the shop's first ones) for the background
+        explainer, so their first page already shows model texts; the number queued."""
+        recent = [i.user_id for i in self.store.impressions(limit=shoppers * 4)]
+        chosen = list(dict.fromkeys(recent + self.catalog.users))[:shoppers]
+        return sum(self._next_slate_later(u, k) for u in chosen)
+
+    def close(self) -> None:
+        self.background.close()
+
+    def _state(self, user_id: str) -> str:
+        """The shopper's history as the recommender reads it: a job made for another state is stale."""
+        overlay = self.store.overlay(user_id)
+        return hashlib.sha1(repr((overlay.events, sorted(overlay.not_interested), sorted(overlay.excluded_history))).encode()).hexdigest()
+
+    def _explain_later(self, slate: RankedSlate, items: list[RecommendedItem]) -> None:
+        if not slate.cold_start and any(i.explanation.pending for i in items):
+            tables = [t for t, i in zip(slate.tables, items) if i.explanation.pending]
+            self.background.submit(slate.user_id, lambda: tables, first=True)
+
+    def _next_slate_later(self, user_id: str, k: int) -> bool:
+        def tables() -> list:
+            slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), cold_start=True)
+            return [] if slate.cold_start else list(slate.tables)
+
+        return self.background.submit(user_id, tables)
 
     def stream(self, user_id: str, k: int, request: str = "") -> Iterator[SlateRanked | ItemExplained | SlateLogged]:
         """The same slate as recommend(), yielded as it is made: the ranked items first, then each
@@ -90,6 +141,9 @@ class WhyrecService:
         deadline = self._deadline()
         slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request), cold_start=True)
         yield SlateRanked(slate, [self.catalog.items[r.item_id].title for r in slate.items])
+        if not self.recommender.settings.page_waits_for_model:
+            yield from self._stream_from_background(slate, deadline)
+            return
         done: dict[int, RecommendedItem] = {}
         workers = max(1, min(len(slate.items), self.recommender.settings.llm_concurrency))
         with ThreadPoolExecutor(workers) as pool:
@@ -99,6 +153,24 @@ class WhyrecService:
                 done[position] = future.result()[0]
                 yield ItemExplained(position, done[position])
         yield SlateLogged(self._log(slate, [done[i] for i in range(len(slate.items))]))
+
+    def _stream_from_background(self, slate: RankedSlate, deadline: float) -> Iterator[ItemExplained | SlateLogged]:
+        """Every item at once (its stored text, or its checked template marked pending), then each
+        model text as the background explainer stores it, until the deadline; then the log entry."""
+        shown = self.recommender.explain_slate(slate, wait=False)
+        for position, item in enumerate(shown):
+            yield ItemExplained(position, item)
+        self._explain_later(slate, shown)
+        waiting = [i for i, item in enumerate(shown) if item.explanation.pending]
+        while waiting and time.monotonic() < deadline:
+            time.sleep(0.1)
+            found = self.recommender.explainer.stored([slate.tables[i] for i in waiting], count=False)
+            for position, explanation in zip(list(waiting), found):
+                if explanation is not None:
+                    shown[position] = replace(shown[position], explanation=explanation)
+                    waiting.remove(position)
+                    yield ItemExplained(position, shown[position])
+        yield SlateLogged(self._log(slate, shown))
 
     def explain(self, user_id: str, item_id: str, k: int) -> ServedExplanation:
         """Why an item is (or is not) in the shopper's top k, with its explanation; logged as shown."""
@@ -128,6 +200,8 @@ class WhyrecService:
             raise EventLimitReached(f"shopper '{user_id}' has posted {limit} events, the most this service keeps per shopper (WHYREC_MAX_EVENTS_PER_SHOPPER)")
         record = self.store.add_event(user_id, item_id, kind)
         self.metrics.events.labels(kind.value).inc()
+        if not self.recommender.settings.page_waits_for_model:
+            self._next_slate_later(user_id, self.recommender.settings.shop_k)
         return record
 
     def record_feedback(self, user_id: str, kind: FeedbackKind, item_id: str | None = None, impression_id: str | None = None) -> FeedbackRecord:

@@ -1,0 +1,122 @@
+"""Pages that never wait for the model: stored texts at once, checked templates marked pending
+otherwise, and a background explainer that writes the rest for the shopper's next view."""
+
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from whyrec.background import BackgroundExplainer
+from whyrec.explainer import check_reason
+from whyrec.schema import fact_table_from_json
+
+
+def _explainer(state, explained, block=None, max_queued=8):
+    def explain(tables):
+        if block is not None:
+            block.wait(10)
+        explained.extend(tables)
+
+    return BackgroundExplainer(explain, state, lambda tables: tables, max_queued)
+
+
+def test_a_job_whose_shopper_changed_since_it_was_queued_is_dropped_as_stale():
+    states, explained, block = {"u1": "a", "u2": "a"}, [], threading.Event()
+    background = _explainer(lambda u: states[u], explained, block)
+    background.submit("u2", lambda: ["busy"])  # holds the worker
+    time.sleep(0.2)
+    background.submit("u1", lambda: ["t1"])
+    states["u1"] = "b"  # an event the service did not queue a job for
+    block.set()
+    assert background.wait_idle(10)
+    assert explained == ["busy"] and background.stats.stale == 1
+
+
+def test_one_job_per_shopper_the_newest_wins_and_a_full_queue_refuses_new_shoppers():
+    explained, block = [], threading.Event()
+    background = _explainer(lambda u: "s", explained, block, max_queued=2)
+    background.submit("busy", lambda: ["busy"])
+    time.sleep(0.2)
+    assert background.submit("u1", lambda: ["old"]) and background.submit("u1", lambda: ["new"])
+    assert background.depth == 1
+    assert background.submit("u2", lambda: ["u2"])
+    assert not background.submit("u3", lambda: ["u3"]) and background.stats.refused == 1
+    block.set()
+    assert background.wait_idle(10)
+    assert explained == ["busy", "new", "u2"]
+
+
+@pytest.fixture(scope="module")
+def shop(slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path_factory):
+    """The API as `whyrec serve` runs it by default: pages do not wait for the model."""
+    from whyrec.api import create_app
+    from whyrec.pipeline import Recommender, build_explainer
+    from whyrec.service import WhyrecService
+    from whyrec.store import Store
+    from whyrec.telemetry import ServiceMetrics
+
+    settings = slice_settings.model_copy(update={
+        "page_waits_for_model": False, "max_new_tokens": 60, "shop_k": 2,  # the next slate an event queues
+        "database_url": f"sqlite:///{tmp_path_factory.mktemp('background') / 'whyrec.sqlite3'}",
+    })
+
+    def start():
+        recommender = Recommender(settings, slice_catalog, slice_retriever, slice_ranker, build_explainer(settings))
+        service = WhyrecService(recommender, Store(settings.database_url), ServiceMetrics())
+        return service, TestClient(create_app(service, settings))
+
+    return start
+
+
+def test_a_first_page_shows_checked_pending_templates_at_once_and_the_next_shows_the_stored_texts(shop, slice_catalog):
+    service, client = shop()
+    user = slice_catalog.users[3]
+    first = client.get(f"/api/shoppers/{user}/recommendations", params={"k": 3}).json()["items"]
+    assert all(i["explanation"]["pending"] and i["explanation"]["source"] == "template" for i in first)
+    for item in first:
+        table = fact_table_from_json(item, "item", user, item["item_id"])
+        assert check_reason(item["explanation"]["text"], table).passed
+
+    assert service.background.wait_idle(300)
+    generated = service.recommender.explainer.chat_model.generations
+    second = client.get(f"/api/shoppers/{user}/recommendations", params={"k": 3}).json()["items"]
+    assert [i["item_id"] for i in second] == [i["item_id"] for i in first]
+    assert not any(i["explanation"]["pending"] for i in second)
+    assert service.recommender.explainer.chat_model.generations == generated  # nothing generated while the page waited
+    for item in second:
+        if item["explanation"]["source"] == "llm":
+            assert check_reason(item["explanation"]["text"], fact_table_from_json(item, "item", user, item["item_id"])).passed
+    metrics = client.get("/metrics").text
+    assert 'whyrec_background_jobs{result="done"} 1.0' in metrics
+
+    # A restarted service (nothing in memory) reads the same texts from the explanation store.
+    restarted, again = shop()
+    third = again.get(f"/api/shoppers/{user}/recommendations", params={"k": 3}).json()["items"]
+    assert [i["explanation"]["text"] for i in third] == [i["explanation"]["text"] for i in second]
+    assert restarted.recommender.explainer.cache.store_hits == 3
+    assert "whyrec_explanation_hit_rate 1.0" in again.get("/metrics").text
+
+
+def test_an_event_queues_the_shoppers_next_slate_for_the_background_explainer(shop, slice_catalog):
+    service, client = shop()
+    user = slice_catalog.users[5]
+    item = next(i for i in slice_catalog.items if i not in slice_catalog.sequence(user))
+    assert client.post(f"/api/shoppers/{user}/events", json={"item_id": item, "kind": "view"}).status_code in (200, 201)
+    assert service.background.stats.queued == 1
+    assert service.background.wait_idle(300) and service.background.stats.done == 1
+    page = client.get(f"/api/shoppers/{user}/recommendations", params={"k": 2}).json()["items"]
+    assert not any(i["explanation"]["pending"] for i in page)
+
+
+def test_a_shopper_on_the_page_goes_before_the_pre_warmed_ones():
+    explained, block = [], threading.Event()
+    background = _explainer(lambda u: "s", explained, block)
+    background.submit("busy", lambda: ["busy"])
+    time.sleep(0.2)
+    for user in ("warm1", "warm2"):
+        background.submit(user, lambda user=user: [user])
+    background.submit("visitor", lambda: ["visitor"], first=True)
+    block.set()
+    assert background.wait_idle(10)
+    assert explained == ["busy", "visitor", "warm1", "warm2"]

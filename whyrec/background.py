@@ -1,0 +1,139 @@
+"""The background explainer: a shopper's next slate is ranked and its missing explanations are
+generated while nobody waits, so that the page shows stored model texts at once.
+
+One worker thread per process, a bounded queue, at most one job per shopper (a newer job for a
+shopper replaces the queued one: only their latest state matters), and a job whose shopper's
+history changed since it was queued is dropped as stale (the event that changed it queued a
+fresh one). Results land in the explainer's cache and through it in the explanation store; the
+job itself returns nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+from whyrec.schema import FactTable
+
+
+@dataclass
+class _Job:
+    user_id: str
+    state: str  # the shopper's history key when queued
+    tables: Callable[[], list[FactTable]]  # what to explain, computed when the job runs (ranking is part of the work)
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class BackgroundStats:
+    queued: int = 0  # jobs accepted
+    done: int = 0
+    stale: int = 0  # dropped: the shopper's history changed since
+    refused: int = 0  # the queue was full
+    failed: int = 0
+    explained: int = 0  # explanations generated (cache misses the jobs filled)
+    last_lag_s: float = 0.0  # from queueing to the start of the last job
+
+
+class BackgroundExplainer:
+    """`explain(tables)` generates and stores (the explainer's explain without a deadline or with
+    the service's); `state(user_id)` is the shopper's current history key; `missing(tables)` keeps
+    the tables without a stored explanation."""
+
+    def __init__(
+        self,
+        explain: Callable[[list[FactTable]], object],
+        state: Callable[[str], str],
+        missing: Callable[[list[FactTable]], list[FactTable]],
+        max_queued: int = 256,
+    ):
+        self._explain, self._state, self._missing = explain, state, missing
+        self.max_queued = max_queued
+        self._jobs: OrderedDict[str, _Job] = OrderedDict()
+        self._running: str | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self.stats = BackgroundStats()
+        self._thread = threading.Thread(target=self._work, name="whyrec-background-explainer", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._jobs)
+
+    @property
+    def lag_s(self) -> float:
+        """How long the oldest queued job has waited (0 with none)."""
+        with self._cond:
+            oldest = next(iter(self._jobs.values()), None)
+            return time.monotonic() - oldest.queued_at if oldest else 0.0
+
+    def submit(self, user_id: str, tables: Callable[[], list[FactTable]], first: bool = False) -> bool:
+        """Queue the shopper's job (replacing one already queued for them); False when the queue is
+        full. `first`: ahead of the queue (a shopper on the page now goes before a pre-warm)."""
+        state = self._state(user_id)
+        with self._cond:
+            if self._closed:
+                return False
+            if user_id not in self._jobs and len(self._jobs) >= self.max_queued:
+                self.stats.refused += 1
+                return False
+            self._jobs.pop(user_id, None)
+            self._jobs[user_id] = _Job(user_id, state, tables)
+            if first:
+                self._jobs.move_to_end(user_id, last=False)
+            self.stats.queued += 1
+            self._cond.notify()
+        return True
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Until nothing is queued or running (tests, batch runs); False on timeout."""
+        end = time.monotonic() + timeout_s
+        with self._cond:
+            while self._jobs or self._running is not None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+        return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._jobs.clear()
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                _, job = self._jobs.popitem(last=False)
+                self._running = job.user_id
+            try:
+                self._run(job)
+            except Exception as exc:  # noqa: BLE001 - a failed job must not stop the worker
+                self.stats.failed += 1
+                print(f"whyrec: background explanation for shopper {job.user_id!r} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            finally:
+                with self._cond:
+                    self._running = None
+                    self._cond.notify_all()
+
+    def _run(self, job: _Job) -> None:
+        self.stats.last_lag_s = time.monotonic() - job.queued_at
+        if self._state(job.user_id) != job.state:
+            self.stats.stale += 1
+            return
+        todo = self._missing(job.tables())
+        if todo:
+            self._explain(todo)
+            self.stats.explained += len(todo)
+        self.stats.done += 1
