@@ -40,6 +40,10 @@ class TransformersChatModel(BaseChatModel):
     _tokenizer: Any = PrivateAttr(default=None)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
     _generations: int = PrivateAttr(default=0)
+    _prefixes: dict = PrivateAttr(default_factory=dict)  # shared prompt start -> its KV cache
+    reuse_prefix: bool = True  # off: every prompt is prefilled whole (the bench's "before")
+    prompt_tokens: int = 0  # prompt tokens of all generations so far
+    prefilled_tokens: int = 0  # of those, the ones computed (the rest came from a shared start's cache)
 
     def model_post_init(self, __context: Any) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -80,21 +84,60 @@ class TransformersChatModel(BaseChatModel):
         return self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
 
     def generate_texts(self, conversations: list[list[BaseMessage]], streamer=None) -> list[str]:
+        """Greedy answers for a batch. The prompts' shared start (the instructions, then whatever
+        else they have in common) is computed once and its KV cache reused for every row and every
+        later batch with the same start; each row is laid out as shared start, padding, own part,
+        so the positions (from the attention mask) are those of the unpadded prompt."""
         import torch
 
-        prompts = [self._prompt(m) for m in conversations]
-        batch = self._tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        ids = [self._tokenizer(self._prompt(m), add_special_tokens=False)["input_ids"] for m in conversations]
+        prefix = self._shared_start(ids) if self.reuse_prefix else ()
+        shared = len(prefix)
+        pad = self._tokenizer.pad_token_id
+        width = max(len(row) for row in ids) - shared
+        input_ids = torch.tensor([row[:shared] + [pad] * (width - len(row) + shared) + row[shared:] for row in ids], device=self.device)
+        mask = torch.tensor([[1] * shared + [0] * (width - len(row) + shared) + [1] * (len(row) - shared) for row in ids], device=self.device)
         with self._lock, torch.no_grad():
+            cache = self._prefix_cache(prefix, len(ids)) if shared else None
             output = self._model.generate(
-                **batch,
+                input_ids=input_ids,
+                attention_mask=mask,
+                cache=cache,
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
-                pad_token_id=self._tokenizer.pad_token_id,
+                pad_token_id=pad,
                 streamer=streamer,
             )
-        self._generations += len(prompts)
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        self._generations += len(ids)
+        self.prompt_tokens += sum(len(row) for row in ids)
+        self.prefilled_tokens += sum(len(row) for row in ids) - (len(ids) * shared if shared else 0)
+        new_tokens = output[:, input_ids.shape[1] :]
         return [t.strip() for t in self._tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def _shared_start(self, rows: list[list[int]]) -> tuple[int, ...]:
+        """The longest cached start all rows begin with; else, for a batch, the start they share."""
+        known = [p for p in self._prefixes if all(len(r) > len(p) and tuple(r[: len(p)]) == p for r in rows)]
+        if known:
+            return max(known, key=len)
+        return tuple(rows[0][: _common_prefix(rows)]) if len(rows) > 1 else ()
+
+    def _prefix_cache(self, prefix: tuple[int, ...], rows: int):
+        """A copy, for `rows` rows, of the KV cache of `prefix` (computed once per distinct prefix)."""
+        import copy
+
+        import torch
+        from transformers import DynamicCache
+
+        if prefix not in self._prefixes:
+            cache = DynamicCache()
+            self._model(input_ids=torch.tensor([list(prefix)], device=self.device), cache=cache, use_cache=True)
+            self._prefixes[prefix] = cache
+            while len(self._prefixes) > _PREFIXES_KEPT:
+                self._prefixes.pop(next(iter(self._prefixes)))
+        self._prefixes[prefix] = self._prefixes.pop(prefix)  # most recently used last
+        cache = copy.deepcopy(self._prefixes[prefix])
+        cache.batch_repeat_interleave(rows)
+        return cache
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         text = self.generate_texts([messages])[0]
@@ -119,6 +162,19 @@ class TransformersChatModel(BaseChatModel):
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         conversations = [self._convert_input(i).to_messages() for i in inputs]
         return [AIMessage(content=text) for text in self.generate_texts(conversations)]
+
+
+_PREFIXES_KEPT = 4  # distinct prompt starts (one per template, in practice)
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    """How many leading tokens every row shares, leaving each row at least one token of its own
+    (generate needs one uncached token per row)."""
+    shortest = min(len(r) for r in rows)
+    n = 0
+    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
 
 
 def make_chat_model(settings: Settings, generator_path: str | None = None) -> tuple[BaseChatModel, str]:

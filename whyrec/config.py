@@ -64,11 +64,13 @@ class Settings(BaseSettings):
     # Scale (docs/scaling.md): each heavy part on its own device; vLLM over several GPUs.
     ranker_device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="Device of the cross-encoder ranker; unset = device.")
     index_device: Literal["auto", "cpu", "cuda"] | None = Field(None, description="Device of the FAISS search (GPU needs a faiss GPU build; flat and IVF only); unset = device.")
+    vllm_prefix_caching: bool = Field(True, description="`whyrec llm serve` starts vLLM with prefix caching: the shared start of a slate's prompts is computed once.")
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="GPUs `whyrec llm serve` splits the model over (vLLM --tensor-parallel-size).")
 
     # Faults (issue 6): a slow or absent LLM server, an unavailable database.
     explain_deadline_s: float = Field(30.0, gt=0, description="Served slates (API, Shop view) wait at most this long for the LLM's checked explanations; items without one by then get the template sentence. 30 s fits a slate of 10 on a 2-core CPU box; a GPU server needs far less.")
     page_waits_for_model: bool = Field(False, description="Slates wait (up to explain_deadline_s) for the model's texts, as before the background explainer; off = a page answers at once with stored texts and pending templates.")
+    slate_cache_size: int = Field(4096, ge=1, description="Ranked slates kept per process, by shopper, history state, k and topic words: a page for an unchanged shopper is not ranked again.")
     background_queue: int = Field(256, ge=1, description="Shoppers whose next slate may wait for the background explainer; more are refused (their pages keep the templates).")
     prewarm_shoppers: int = Field(0, ge=0, description="On start, queue this many recently active shoppers (then the shop's first ones) for the background explainer; `whyrec demo` sets it.")
     llm_max_late: int = Field(2, ge=1, description="Slates whose explanations may still be generating after their deadline; while that many are, new requests get the template sentence at once and the LLM server is not asked (it is asked again as they finish).")

@@ -5,7 +5,9 @@ service's metrics."""
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -83,6 +85,7 @@ class WhyrecService:
         metrics.explanation_lookups.labels("miss").set_function(lambda: cache.misses)
         metrics.explanation_hit_rate.set_function(lambda: cache.hit_rate)
         settings = recommender.settings
+        self._slates = _SlateCache(settings.slate_cache_size)
         self.background = BackgroundExplainer(
             lambda tables: recommender.explainer.explain(tables), self._state, recommender.explainer.missing, settings.background_queue
         )
@@ -101,7 +104,7 @@ class WhyrecService:
         """A slate with explanations, logged. `request` is the shopper's words ("something for my desk").
         A shopper the shop has never seen, or with every purchase excluded, gets popular and new items."""
         deadline = self._deadline()
-        slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request), cold_start=True)
+        slate = self._ranked(user_id, k, request)
         if self.recommender.settings.page_waits_for_model:
             return self._log(slate, self.recommender.explain_slate(slate, deadline=deadline))
         items = self.recommender.explain_slate(slate, wait=False)
@@ -120,8 +123,19 @@ class WhyrecService:
 
     def _state(self, user_id: str) -> str:
         """The shopper's history as the recommender reads it: a job made for another state is stale."""
+        return _state_of(self.store.overlay(user_id))
+
+    def _ranked(self, user_id: str, k: int, request: str) -> RankedSlate:
+        """The shopper's slate for their current state: ranked once (by the page or the background
+        explainer) and kept, so a warm page costs lookups, not a ranker pass."""
         overlay = self.store.overlay(user_id)
-        return hashlib.sha1(repr((overlay.events, sorted(overlay.not_interested), sorted(overlay.excluded_history))).encode()).hexdigest()
+        key = (user_id, _state_of(overlay), k, topic_words(request))
+        found = self._slates.get(key)
+        if found is not None:
+            return found
+        slate = self.recommender.rank(user_id, k, overlay, key[3], cold_start=True)
+        self._slates.put(key, slate)
+        return slate
 
     def _explain_later(self, slate: RankedSlate, items: list[RecommendedItem]) -> None:
         if not slate.cold_start and any(i.explanation.pending for i in items):
@@ -130,7 +144,7 @@ class WhyrecService:
 
     def _next_slate_later(self, user_id: str, k: int) -> bool:
         def tables() -> list:
-            slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), cold_start=True)
+            slate = self._ranked(user_id, k, "")
             return [] if slate.cold_start else list(slate.tables)
 
         return self.background.submit(user_id, tables)
@@ -139,7 +153,7 @@ class WhyrecService:
         """The same slate as recommend(), yielded as it is made: the ranked items first, then each
         explanation as soon as it has passed (or failed) its check, then the logged impression."""
         deadline = self._deadline()
-        slate = self.recommender.rank(user_id, k, self.store.overlay(user_id), topic_words(request), cold_start=True)
+        slate = self._ranked(user_id, k, request)
         yield SlateRanked(slate, [self.catalog.items[r.item_id].title for r in slate.items])
         if not self.recommender.settings.page_waits_for_model:
             yield from self._stream_from_background(slate, deadline)
@@ -249,6 +263,32 @@ class WhyrecService:
         for entry in items:
             self._count_explanation(entry)
         return ServedSlate(impression, items, slate.topic_matched, slate.cold_start)
+
+
+def _state_of(overlay) -> str:
+    return hashlib.sha1(repr((overlay.events, sorted(overlay.not_interested), sorted(overlay.excluded_history))).encode()).hexdigest()
+
+
+class _SlateCache:
+    """Ranked slates by (shopper, state, k, topic words), least recently used out first."""
+
+    def __init__(self, max_size: int):
+        self.max_size = max_size
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key) -> RankedSlate | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key, slate: RankedSlate) -> None:
+        with self._lock:
+            self._entries[key] = slate
+            while len(self._entries) > self.max_size:
+                self._entries.popitem(last=False)
 
 
 def _ids(events: list[Interaction]) -> list[str]:
