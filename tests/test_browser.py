@@ -128,8 +128,8 @@ def test_shop_shopper_reads_why_and_not_interested_changes_the_list(server, page
     assert chip.evaluate("d => d.open") and chip.inner_text().strip()
     page.locator("#shop-chat").get_by_text("picks").first.wait_for()
     # The reasons show at once; the chat takes the next question once the cards have settled
-    # (the model's texts written or the templates kept) and the activity panel is filled.
-    page.locator("#shop-history").get_by_text("Your recent activity").wait_for(timeout=SLOW)
+    # (the model's texts written or the templates kept), which the assistant says.
+    page.locator("#shop-chat").get_by_text("Every card now shows its reason").wait_for(timeout=SLOW)
     page.locator("#shop-input textarea").fill("why this one?")
     page.locator("#shop-input textarea").press("Enter")
     page.locator("#shop-chat").get_by_text("What this rests on").wait_for(timeout=60_000)

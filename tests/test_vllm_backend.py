@@ -41,8 +41,10 @@ def test_vllm_backend_explains_a_slate_as_one_batch_and_records_the_served_model
 
 
 def test_vllm_and_in_process_backends_give_the_same_greedy_answer(vllm_url, cache_dir, slice_recommender, slice_catalog):
+    from whyrec.pipeline import build_explainer
+
     table = _tables(slice_recommender, slice_catalog.users[4], 1)[0]
-    local = slice_recommender.explainer
+    local = build_explainer(Settings(cache_dir=cache_dir, adapter="none", explanation_cache_size=0))  # the base model, as the server serves it
     remote_model, name = make_chat_model(Settings(cache_dir=cache_dir, llm_url=vllm_url))
     remote = Explainer(remote_model, local.template, name)
     local_text = local.chain.invoke(local.variables(table))

@@ -134,6 +134,10 @@ def card_html(card: Card) -> str:
     )
 
 
+_ARRIVING = "The reason for each appears on its card."
+_SHOWN = "Every card now shows its reason; ask “why this one?” for what it rests on."
+
+
 def build_shop(service: WhyrecService, settings: Settings) -> gr.Blocks:
     catalog = service.catalog
     shoppers = catalog.users[:MAX_SHOPPERS_LISTED]
@@ -166,13 +170,15 @@ def build_shop(service: WhyrecService, settings: Settings) -> gr.Blocks:
                 topic = " matching your words" if event.slate.topic_matched else ""
                 view = SlateView(user_id, cards)
                 source = "popular and new in this shop (there is no history of yours to go on yet)" if event.slate.cold_start else "from your history"
-                chat[-1] = {"role": "assistant", "content": f"{lead}Here are {len(cards)} picks{topic} {source}. The reason for each appears on its card."}
+                chat[-1] = {"role": "assistant", "content": f"{lead}Here are {len(cards)} picks{topic} {source}. {_ARRIVING}"}
             elif isinstance(event, ItemExplained):
                 cards = list(view.cards)
                 cards[event.position] = card_for(event.item, history)
                 view = replace(view, cards=tuple(cards))
             elif isinstance(event, SlateLogged):
                 view = replace(view, impression_id=event.served.impression.impression_id)
+                # Said when the slate is done: the chat takes the next question from here on.
+                chat[-1] = {"role": "assistant", "content": chat[-1]["content"].replace(_ARRIVING, _SHOWN)}
             yield chat, view, gr.update()
         yield chat, view, history_md(user_id)
 
