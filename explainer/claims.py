@@ -314,7 +314,7 @@ def _shopper_verb(tokens: list[_Token], mention: _Mention, title: set[str]) -> s
         if low[i] in EVENT_VERBS:
             if any(low[j] in ("you", "you've", "you’ve", "your") for j in range(max(0, i - 3), i)) and not any(low[j] in ("who", "shoppers", "customers", "people", "others") for j in range(max(0, i - 3), i)):
                 return low[i]
-            return None
+            break  # another shopper's verb: the shopper's own may still follow ("..., which you bought")
         if low[i] == "your" and i + 1 < len(low) and low[i + 1] in ("purchase", "order"):
             return "bought"
     # After the name: the rest of a long title first, then "(,) (that / which) you (have) bought".

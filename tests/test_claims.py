@@ -328,3 +328,18 @@ def test_a_brand_written_with_its_apostrophe_is_the_brand_fact_even_where_a_use_
     assert check_grounding(template_sentence(table)[0], table).passed
     spliced = check_grounding('Like "Pentel Graph Gear 1000", which you bought, it is made by Noodler\'s.', table)
     assert not spliced.passed and "F6" in spliced.reason and "F4" in spliced.reason
+
+
+def test_the_shoppers_own_verb_after_a_title_other_shoppers_looked_at_must_be_their_recorded_event():
+    from whyrec.schema import Fact, FactKind, FactTable
+
+    pair = dict(item_id="lamp", history_item_id="bottle")
+    table = FactTable("u", "lamp", (
+        Fact("F1", FactKind.ITEM_TITLE, 'The recommended item is "Summitry Ultralight Headlamp".', "Summitry Ultralight Headlamp", item_id="lamp"),
+        Fact("F2", FactKind.HISTORY_ITEM, 'You looked at "Trailhead Insulated Water Bottle".', "Trailhead Insulated Water Bottle", history_item_id="bottle", event=EventKind.VIEW, position=1),
+        Fact("F3", FactKind.VIEWED_TOGETHER, '1 other shopper who looked at "Trailhead Insulated Water Bottle" went on to look at it too.', "1", event=EventKind.VIEW, count=1, **pair),
+    ))
+    # Seen on a fresh install: the tuned model gave the shopper a purchase they never made.
+    wrong = check_grounding('1 other shopper who looked at "Trailhead Insulated Water Bottle", which you bought, went on to look at this too.', table)
+    assert not wrong.passed and "F2" in wrong.reason
+    assert check_grounding('1 other shopper who looked at "Trailhead Insulated Water Bottle", which you looked at, went on to look at this too.', table).passed
