@@ -146,6 +146,16 @@ def test_shop_shopper_reads_why_and_not_interested_changes_the_list(server, page
     _shot(page, "shop")
 
 
+def _ask_as(page, url: str, user: str, words: str) -> None:
+    """Open the Shop view signed in as `user` and ask for picks."""
+    page.goto(f"{url}/shop/")
+    shopper = page.locator("#shop-shopper input")
+    shopper.fill(user)
+    shopper.press("Enter")
+    page.locator("#shop-input textarea").fill(words)
+    page.locator("#shop-input textarea").press("Enter")
+
+
 def _collaborative_pick(recommender, users: list[str], k: int):
     """A shopper whose top k holds an item that shares no brand, category or use with their history
     and is there because of what other shoppers did next (the desk after the phone)."""
@@ -164,12 +174,7 @@ def test_shop_reason_names_what_other_shoppers_did_with_the_count(server, page, 
     # The first shopper's slate is changed by the "not interested" click of the test above.
     user, item_id, table = _collaborative_pick(slice_recommender, slice_catalog.users[1:], k=2)
     together = next(f for f in table.facts if f.kind in (FactKind.BOUGHT_TOGETHER, FactKind.VIEWED_TOGETHER))
-    page.goto(f"{url}/shop/")
-    shopper = page.locator("#shop-shopper input")
-    shopper.fill(user)
-    shopper.press("Enter")
-    page.locator("#shop-input textarea").fill("show me something")
-    page.locator("#shop-input textarea").press("Enter")
+    _ask_as(page, url, user, "show me something")
     card = page.locator(f'.whyrec-card[data-item-id="{item_id}"]')
     card.locator(".whyrec-text").wait_for(timeout=SLOW)
     text = card.locator(".whyrec-text").inner_text().strip()
@@ -186,12 +191,7 @@ def test_shop_reason_names_what_other_shoppers_did_with_the_count(server, page, 
 def test_shop_shows_checked_reasons_at_once_then_the_models_in_place_and_the_next_visit_at_once(server, page, slice_catalog):
     url, _ = server
     user = slice_catalog.users[30]  # no earlier test or pre-warm reached this shopper
-    page.goto(f"{url}/shop/")
-    shopper = page.locator("#shop-shopper input")
-    shopper.fill(user)
-    shopper.press("Enter")
-    page.locator("#shop-input textarea").fill("show me something")
-    page.locator("#shop-input textarea").press("Enter")
+    _ask_as(page, url, user, "show me something")
     page.wait_for_function("document.querySelectorAll('.whyrec-card .whyrec-text').length == 2", timeout=60_000)
     first = page.locator(".whyrec-card .whyrec-badge").all_inner_texts()
     assert all("built from the facts; the assistant's own words are on the way" in b for b in first), first
@@ -201,12 +201,7 @@ def test_shop_shows_checked_reasons_at_once_then_the_models_in_place_and_the_nex
     settled = page.locator(".whyrec-card .whyrec-text").all_inner_texts()
     _shot(page, "shop-written")
 
-    page.goto(f"{url}/shop/")
-    shopper = page.locator("#shop-shopper input")
-    shopper.fill(user)
-    shopper.press("Enter")
-    page.locator("#shop-input textarea").fill("show me something")
-    page.locator("#shop-input textarea").press("Enter")
+    _ask_as(page, url, user, "show me something")
     page.wait_for_function("document.querySelectorAll('.whyrec-card .whyrec-text').length == 2", timeout=60_000)
     again = page.locator(".whyrec-card .whyrec-badge").all_inner_texts()
     assert not any("on the way" in b for b in again), again  # stored: shown at once, nothing pending
