@@ -1,6 +1,11 @@
+import glob
 import json
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -169,3 +174,49 @@ def vllm_server(cache_dir, tmp_path_factory, untrained_adapter):
     server.start()
     yield server
     server.stop()
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+def _missing(reason: str) -> None:
+    """CI (scripts/test.sh) installs PostgreSQL and sets WHYREC_REQUIRE_POSTGRES: there a missing server fails."""
+    if os.environ.get("WHYREC_REQUIRE_POSTGRES"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server of its own, on 127.0.0.1 (the database several API replicas share),
+    started once for the session; a test that needs a clean database creates one on it."""
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        _missing("PostgreSQL server binaries (initdb, pg_ctl) are not installed (scripts/setup-system.sh)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _missing("the PostgreSQL driver is missing (pip install 'whyrec[postgres]')")
+    # PostgreSQL refuses to run as root: as root, run it as the postgres system user, in a folder of
+    # its own (pytest's tmp folders are private to the user running the tests).
+    folder = Path(tempfile.mkdtemp(prefix="whyrec-postgres-"))
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(folder, "postgres")
+    port = _free_port()
+    subprocess.run([*as_user, initdb, "-D", str(folder / "data"), "-A", "trust", "-U", "whyrec", "--no-sync"], check=True, capture_output=True, timeout=120)
+    options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=100"
+    subprocess.run([*as_user, pg_ctl, "-D", str(folder / "data"), "-w", "-t", "60", "-l", str(folder / "log"), "-o", options, "start"], check=True, capture_output=True, timeout=120)
+    try:
+        yield f"postgresql+psycopg://whyrec@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(folder / "data"), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,18 +1,13 @@
 """Durability and concurrency of the store: many writers at once lose nothing (on SQLite and on a
 real PostgreSQL server), and a writer killed mid-transaction leaves no partial impression."""
 
-import glob
-import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -76,53 +71,6 @@ def _counts(url: str) -> dict[str, int]:
             return {t: db.execute(sqlalchemy.text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in TABLES}
     finally:
         engine.dispose()
-
-
-def _postgres_bin(name: str) -> str | None:
-    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found if isinstance(found, str) else (found[-1] if found else None)
-
-
-def _missing(reason: str) -> None:
-    """CI (scripts/test.sh) installs PostgreSQL and sets WHYREC_REQUIRE_POSTGRES: there a missing server fails."""
-    if os.environ.get("WHYREC_REQUIRE_POSTGRES"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A real PostgreSQL server of its own, on 127.0.0.1 (the database several API replicas share)."""
-    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
-    if not (initdb and pg_ctl):
-        _missing("PostgreSQL server binaries (initdb, pg_ctl) are not installed (scripts/setup-system.sh)")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        _missing("the PostgreSQL driver is missing (pip install 'whyrec[postgres]')")
-    # PostgreSQL refuses to run as root: as root, run it as the postgres system user, in a folder of
-    # its own (pytest's tmp folders are private to the user running the tests).
-    folder = Path(tempfile.mkdtemp(prefix="whyrec-postgres-"))
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(folder, "postgres")
-    port = _free_port()
-    subprocess.run([*as_user, initdb, "-D", str(folder / "data"), "-A", "trust", "-U", "whyrec", "--no-sync"], check=True, capture_output=True, timeout=120)
-    options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=100"
-    subprocess.run([*as_user, pg_ctl, "-D", str(folder / "data"), "-w", "-t", "60", "-l", str(folder / "log"), "-o", options, "start"], check=True, capture_output=True, timeout=120)
-    try:
-        yield f"postgresql+psycopg://whyrec@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(folder / "data"), "-m", "immediate", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _writer(url: str, name: str, rounds: int, size: int) -> subprocess.Popen:

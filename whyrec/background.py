@@ -5,7 +5,8 @@ One worker thread per process, a bounded queue, at most one job per shopper (a n
 shopper replaces the queued one: only their latest state matters), and a job whose shopper's
 history changed since it was queued is dropped as stale (the event that changed it queued a
 fresh one). Results land in the explainer's cache and through it in the explanation store; the
-job itself returns nothing.
+job itself returns nothing. API replicas that share a database use `whyrec.jobqueue` instead (run by
+`whyrec worker`), so that no two of them write the same explanations.
 """
 
 from __future__ import annotations

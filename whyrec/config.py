@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from whyrec.errors import ConfigError
 
 DEFAULT_GENERATOR = "smollm2-135m-instruct"
 
@@ -72,11 +74,29 @@ class Settings(BaseSettings):
     page_waits_for_model: bool = Field(False, description="Slates wait (up to explain_deadline_s) for the model's texts, as before the background explainer; off = a page answers at once with stored texts and pending templates.")
     slate_cache_size: int = Field(4096, ge=1, description="Ranked slates kept per process, by shopper, history state, k and topic words: a page for an unchanged shopper is not ranked again.")
     background_queue: int = Field(256, ge=1, description="Shoppers whose next slate may wait for the background explainer; more are refused (their pages keep the templates).")
+    job_queue: Literal["thread", "postgres"] = Field(
+        "thread",
+        description="Where the background explainer's jobs go. 'thread': a worker thread inside each `whyrec serve` (one machine). "
+        "'postgres': a job queue (procrastinate) on the shared PostgreSQL database_url, run by `whyrec worker` processes, for several API "
+        "replicas (one job per shopper across them all, each explanation generated once); needs `pip install 'whyrec[postgres]'`. "
+        "The background metrics then count the whole queue: its depth and lag, and the done, stale and failed jobs of the last day.",
+    )
     prewarm_shoppers: int = Field(0, ge=0, description="On start, queue this many recently active shoppers (then the shop's first ones) for the background explainer; `whyrec demo` sets it.")
     llm_max_late: int = Field(2, ge=1, description="Slates whose explanations may still be generating after their deadline; while that many are, new requests get the template sentence at once and the LLM server is not asked (it is asked again as they finish).")
     write_spool: Path | None = Field(None, description="Append-only file holding impressions, events and feedback written while the database is unavailable, replayed when it returns (also after a restart); unset = ~/.local/share/whyrec/spool/<database>.jsonl.")
     write_spool_max: int = Field(10_000, ge=1, description="Queued writes kept at most while the database is unavailable; beyond that, writes get a 503.")
     write_retry_s: float = Field(2.0, gt=0, description="Seconds between attempts to write the queued records while the database is unavailable.")
+
+    @model_validator(mode="after")
+    def _job_queue_needs_postgres(self) -> "Settings":
+        # Raised as is (not a ValueError, so not wrapped by pydantic): the CLI prints it as one line.
+        if self.job_queue == "postgres" and not self.resolved_database_url().startswith("postgresql"):
+            raise ConfigError(
+                "WHYREC_JOB_QUEUE=postgres (and `whyrec worker`) keep the background explainer's jobs in the replicas' shared "
+                f"PostgreSQL database, but WHYREC_DATABASE_URL (--database-url) is {_shown(self.resolved_database_url())}: "
+                "set it to a postgresql+psycopg://... URL, or WHYREC_JOB_QUEUE=thread for one `whyrec serve`"
+            )
+        return self
 
     def resolved_write_spool(self) -> Path:
         if self.write_spool is not None:
@@ -99,3 +119,13 @@ class Settings(BaseSettings):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "not a database URL"

@@ -1,4 +1,5 @@
-"""`whyrec serve`: the recommender, the store, the JSON API and the Gradio views on one app."""
+"""`whyrec serve`: the recommender, the store, the JSON API and the Gradio views on one app; and
+`whyrec worker`, which runs the background explainer's jobs for replicas that share a database."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from fastapi import FastAPI
 
 from whyrec.api import create_app
 from whyrec.config import Settings
+from whyrec.jobqueue import conninfo, run_worker
 from whyrec.pipeline import Log, Recommender, stderr_log
 from whyrec.service import WhyrecService
 from whyrec.store import Store
@@ -23,3 +25,19 @@ def build_server(settings: Settings, recommender: Recommender | None = None, log
         queued = service.prewarm(settings.prewarm_shoppers, settings.shop_k)
         log(f"background explainer: {queued} recently active shoppers queued for their next slate's explanations")
     return mount_views(create_app(service, settings), service, settings)
+
+
+def serve_jobs(settings: Settings, concurrency: int = 1, log: Log = stderr_log) -> None:
+    """`whyrec worker`: the models load once, as for `whyrec serve`, then the queue's jobs run
+    until a signal stops the worker. The service is the replicas' own (their database, their
+    explanation store, the same ranking), so what it stores is what their pages look up."""
+    database_url = settings.resolved_database_url()
+    conninfo(database_url)  # a wrong database fails before the models spend their time loading
+    store = Store(database_url)  # reads only (the shoppers' histories): no spool of writes
+    log(f"job queue and explanation store: {store.display_url}")
+    service = WhyrecService(Recommender.load(settings, log=log), store, ServiceMetrics())
+    try:
+        run_worker(database_url, service.explain_next_slate, concurrency, log)
+    finally:
+        service.close()
+        store.close()

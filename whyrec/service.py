@@ -11,14 +11,15 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Iterator
+from typing import Callable, Iterator
 
 from whyrec.catalog import EventKind, Interaction, dedupe_keep_last
 from whyrec.background import BackgroundExplainer
 from whyrec.errors import WhyrecError
 from whyrec.explainer import ExplanationStore
+from whyrec.jobqueue import JobQueue, SlateJob
 from whyrec.pipeline import Recommender, topic_words
-from whyrec.schema import RankedSlate, RecommendedItem, WhyNot
+from whyrec.schema import FactTable, RankedSlate, RecommendedItem, WhyNot
 from whyrec.store import DatabaseUnavailable, EventRecord, FeedbackKind, FeedbackRecord, ImpressionRecord, Store
 from whyrec.telemetry import ServiceMetrics
 
@@ -86,9 +87,15 @@ class WhyrecService:
         metrics.explanation_hit_rate.set_function(lambda: cache.hit_rate)
         settings = recommender.settings
         self._slates = _SlateCache(settings.slate_cache_size)
-        self.background = BackgroundExplainer(
-            lambda tables: recommender.explainer.explain(tables), self._state, recommender.explainer.missing, settings.background_queue
-        )
+        # Several API replicas share one queue on their database (run by `whyrec worker`), so that
+        # each explanation is generated once; one `whyrec serve` runs its own thread.
+        self.background: BackgroundExplainer | JobQueue
+        if settings.job_queue == "postgres":
+            self.background = JobQueue(store.url, settings.background_queue)
+        else:
+            self.background = BackgroundExplainer(
+                lambda tables: recommender.explainer.explain(tables), self._state, recommender.explainer.missing, settings.background_queue
+            )
         metrics.background_depth.set_function(lambda: self.background.depth)
         metrics.background_lag.set_function(lambda: self.background.lag_s)
         metrics.background_jobs.labels("done").set_function(lambda: self.background.stats.done)
@@ -104,11 +111,12 @@ class WhyrecService:
         """A slate with explanations, logged. `request` is the shopper's words ("something for my desk").
         A shopper the shop has never seen, or with every purchase excluded, gets popular and new items."""
         deadline = self._deadline()
-        slate = self._ranked(user_id, k, request)
+        topic = topic_words(request)
+        slate = self._ranked(user_id, k, topic)
         if self.recommender.settings.page_waits_for_model:
             return self._log(slate, self.recommender.explain_slate(slate, deadline=deadline))
         items = self.recommender.explain_slate(slate, wait=False)
-        self._explain_later(slate, items)
+        self._explain_later(slate, items, k, topic)
         return self._log(slate, items)
 
     def prewarm(self, shoppers: int, k: int) -> int:
@@ -125,38 +133,58 @@ class WhyrecService:
         """The shopper's history as the recommender reads it: a job made for another state is stale."""
         return _state_of(self.store.overlay(user_id))
 
-    def _ranked(self, user_id: str, k: int, request: str) -> RankedSlate:
+    def explain_next_slate(self, job: SlateJob) -> int | None:
+        """A `whyrec worker`'s job: the shopper's slate ranked and its missing explanations
+        generated and stored; how many, or None when the job is stale (the shopper's history
+        changed since it was queued)."""
+        if self._state(job.user_id) != job.state:
+            return None
+        slate = self._ranked(job.user_id, job.k, frozenset(job.topic))
+        todo = [] if slate.cold_start else self.recommender.explainer.missing(list(slate.tables))
+        if todo:
+            self.recommender.explainer.explain(todo)
+        return len(todo)
+
+    def _ranked(self, user_id: str, k: int, topic: frozenset[str]) -> RankedSlate:
         """The shopper's slate for their current state: ranked once (by the page or the background
         explainer) and kept, so a warm page costs lookups, not a ranker pass."""
         overlay = self.store.overlay(user_id)
-        key = (user_id, _state_of(overlay), k, topic_words(request))
+        key = (user_id, _state_of(overlay), k, topic)
         found = self._slates.get(key)
         if found is not None:
             return found
-        slate = self.recommender.rank(user_id, k, overlay, key[3], cold_start=True)
+        slate = self.recommender.rank(user_id, k, overlay, topic, cold_start=True)
         self._slates.put(key, slate)
         return slate
 
-    def _explain_later(self, slate: RankedSlate, items: list[RecommendedItem]) -> None:
+    def _explain_later(self, slate: RankedSlate, items: list[RecommendedItem], k: int, topic: frozenset[str]) -> None:
         if not slate.cold_start and any(i.explanation.pending for i in items):
             tables = [t for t, i in zip(slate.tables, items) if i.explanation.pending]
-            self.background.submit(slate.user_id, lambda: tables, first=True)
+            self._queue(slate.user_id, k, topic, lambda: tables, first=True)
 
     def _next_slate_later(self, user_id: str, k: int) -> bool:
         def tables() -> list:
-            slate = self._ranked(user_id, k, "")
+            slate = self._ranked(user_id, k, frozenset())
             return [] if slate.cold_start else list(slate.tables)
 
-        return self.background.submit(user_id, tables)
+        return self._queue(user_id, k, frozenset(), tables)
+
+    def _queue(self, user_id: str, k: int, topic: frozenset[str], tables: Callable[[], list[FactTable]], first: bool = False) -> bool:
+        """In process the job is `tables` (what to explain, computed when it runs); on the job
+        queue, the slate it names, which a worker ranks itself."""
+        if isinstance(self.background, JobQueue):
+            return self.background.submit(SlateJob(user_id=user_id, state=self._state(user_id), k=k, topic=tuple(sorted(topic))), first)
+        return self.background.submit(user_id, tables, first)
 
     def stream(self, user_id: str, k: int, request: str = "") -> Iterator[SlateRanked | ItemExplained | SlateLogged]:
         """The same slate as recommend(), yielded as it is made: the ranked items first, then each
         explanation as soon as it has passed (or failed) its check, then the logged impression."""
         deadline = self._deadline()
-        slate = self._ranked(user_id, k, request)
+        topic = topic_words(request)
+        slate = self._ranked(user_id, k, topic)
         yield SlateRanked(slate, [self.catalog.items[r.item_id].title for r in slate.items])
         if not self.recommender.settings.page_waits_for_model:
-            yield from self._stream_from_background(slate, deadline)
+            yield from self._stream_from_background(slate, deadline, k, topic)
             return
         done: dict[int, RecommendedItem] = {}
         workers = max(1, min(len(slate.items), self.recommender.settings.llm_concurrency))
@@ -168,13 +196,13 @@ class WhyrecService:
                 yield ItemExplained(position, done[position])
         yield SlateLogged(self._log(slate, [done[i] for i in range(len(slate.items))]))
 
-    def _stream_from_background(self, slate: RankedSlate, deadline: float) -> Iterator[ItemExplained | SlateLogged]:
+    def _stream_from_background(self, slate: RankedSlate, deadline: float, k: int, topic: frozenset[str]) -> Iterator[ItemExplained | SlateLogged]:
         """Every item at once (its stored text, or its checked template marked pending), then each
         model text as the background explainer stores it, until the deadline; then the log entry."""
         shown = self.recommender.explain_slate(slate, wait=False)
         for position, item in enumerate(shown):
             yield ItemExplained(position, item)
-        self._explain_later(slate, shown)
+        self._explain_later(slate, shown, k, topic)
         waiting = [i for i, item in enumerate(shown) if item.explanation.pending]
         while waiting and time.monotonic() < deadline:
             time.sleep(0.1)
