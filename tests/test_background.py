@@ -47,6 +47,28 @@ def test_one_job_per_shopper_the_newest_wins_and_a_full_queue_refuses_new_shoppe
     assert explained == ["busy", "new", "u2"]
 
 
+def test_a_shopper_on_the_page_waits_for_one_part_of_a_prewarm_job_not_for_the_whole_slate():
+    explained, block, started = [], threading.Event(), threading.Event()
+
+    def explain(tables):
+        started.set()
+        if tables[0] == "w1":
+            block.wait(10)
+        explained.extend(tables)
+
+    background = BackgroundExplainer(explain, lambda u: "s", lambda tables: tables, 8, part=2)
+    background.submit("warm", lambda: ["w1", "w2", "w3", "w4", "w5"])
+    background.submit("later", lambda: ["l1"])
+    assert started.wait(5)
+    background.submit("live", lambda: ["p1", "p2", "p3"], first=True)
+    block.set()
+    assert background.wait_idle(10)
+    # The live slate goes whole, right after the part being written; the rest of the pre-warm
+    # job keeps its place ahead of the jobs queued after it.
+    assert explained == ["w1", "w2", "p1", "p2", "p3", "w3", "w4", "w5", "l1"]
+    assert background.stats.done == 3
+
+
 @pytest.fixture(scope="module")
 def shop(slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path_factory):
     """The API as `whyrec serve` runs it by default: pages do not wait for the model."""

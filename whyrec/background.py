@@ -26,6 +26,7 @@ class _Job:
     user_id: str
     state: str  # the shopper's history key when queued
     tables: Callable[[], list[FactTable]]  # what to explain, computed when the job runs (ranking is part of the work)
+    first: bool = False  # a shopper on the page now: goes ahead, and is not cut into parts
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -51,9 +52,13 @@ class BackgroundExplainer:
         state: Callable[[str], str],
         missing: Callable[[list[FactTable]], list[FactTable]],
         max_queued: int = 256,
+        part: int = 4,
     ):
         self._explain, self._state, self._missing = explain, state, missing
         self.max_queued = max_queued
+        # A pre-warm or next-slate job is written `part` tables at a time, and gives way between
+        # parts to a shopper who is on the page: they wait for one part, not for a whole slate.
+        self.part = part
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._running: str | None = None
         self._cond = threading.Condition()
@@ -85,7 +90,7 @@ class BackgroundExplainer:
                 self.stats.refused += 1
                 return False
             self._jobs.pop(user_id, None)
-            self._jobs[user_id] = _Job(user_id, state, tables)
+            self._jobs[user_id] = _Job(user_id, state, tables, first)
             if first:
                 self._jobs.move_to_end(user_id, last=False)
             self.stats.queued += 1
@@ -134,7 +139,25 @@ class BackgroundExplainer:
             self.stats.stale += 1
             return
         todo = self._missing(job.tables())
-        if todo:
-            self._explain(todo)
-            self.stats.explained += len(todo)
+        while todo:
+            step = len(todo) if job.first else self.part
+            self._explain(todo[:step])
+            self.stats.explained += len(todo[:step])
+            todo = todo[step:]
+            if todo and self._gives_way(job, todo):
+                return
         self.stats.done += 1
+
+    def _gives_way(self, job: _Job, rest: list[FactTable]) -> bool:
+        """With a shopper on the page waiting, the rest of this job queues behind them (unless a
+        newer job for the same shopper is queued already, which replaces it); True if it did."""
+        with self._cond:
+            if not any(j.first for j in self._jobs.values()):
+                return False
+            if job.user_id not in self._jobs:
+                queued = list(self._jobs.items())
+                self._jobs.clear()
+                self._jobs.update([(u, j) for u, j in queued if j.first])
+                self._jobs[job.user_id] = _Job(job.user_id, job.state, lambda: rest, queued_at=job.queued_at)
+                self._jobs.update([(u, j) for u, j in queued if not j.first])
+            return True
