@@ -4,10 +4,11 @@ had to stand in, how varied and how long the texts are, and how fast they came."
 from __future__ import annotations
 
 import re
+from typing import Hashable
 
 from whyrec.explainer.grounding import NO_REASON, check_grounding, is_bare, missing_reason
 from whyrec.explainer.reasons import template_sentence
-from whyrec.schema import Explanation, ExplanationSource, FactTable
+from whyrec.schema import Explanation, ExplanationSource, Fact, FactTable
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _NOT_ABOUT_CONTENT = ("does not name anything", "empty text", NO_REASON)
@@ -19,18 +20,37 @@ def unique_sentence_ratio(texts: list[str]) -> float:
     return len(set(sentences)) / len(sentences) if sentences else 0.0
 
 
-def explanation_metrics(tables: list[FactTable], explanations: list[Explanation], seconds: float) -> dict:
+def _one_per_evidence(evidence: list[Hashable], texts: list[str | None]) -> list[str]:
+    """The texts of distinct evidence only: two shoppers with the same evidence for the same item
+    are meant to get the same sentence, which says nothing about how varied the writing is."""
+    seen: dict[Hashable, str] = {}
+    for key, text in zip(evidence, texts):
+        if text is not None:
+            seen.setdefault(key, text)
+    return list(seen.values())
+
+
+def table_evidence(table: FactTable, shown: tuple[Fact, ...] | None = None) -> Hashable:
+    """What an explanation of the table can rest on: the item and the facts (those the prompt shows,
+    given), without their ids or the shopper."""
+    return (table.item_id, tuple((f.kind, f.text, f.value) for f in (table.facts if shown is None else shown)))
+
+
+def explanation_metrics(tables: list[FactTable], explanations: list[Explanation], seconds: float, evidence: list[Hashable] | None = None) -> dict:
     """The keys `whyrec eval explanations` prints (later checks read them):
 
     raw_grounded_rate: first model answers that pass the check; shown_grounded_rate: shown texts that
     pass the check (model or template); fallback_rate: shown texts that are the template sentence;
     unsupported_claim_rate: first answers rejected for stating something the facts do not support
     (not merely for failing to name the history); usr / raw_usr: unique-sentence ratio of the shown
-    texts / of the first answers; mean_words: of the shown texts; history_citation_rate: shown texts
+    texts / of the first answers, one text per distinct `evidence` (default: the item and its fact
+    table, `table_evidence`; `distinct_evidence` counts them): shoppers with the same evidence get
+    one text by design; usr_all_texts: over every text; mean_words: of the shown texts; history_citation_rate: shown texts
     that name a history item (or "popular" where that is the fact)."""
     n = len(explanations)
     if n == 0:
         return {"explanations": 0}
+    evidence = evidence if evidence is not None else [table_evidence(t) for t in tables]
     first = [e.attempts[0] if e.attempts else None for e in explanations]
     shown_verdicts = [check_grounding(e.text, t) for t, e in zip(tables, explanations)]
     shown_claims = [c for v in shown_verdicts for c in v.claims]
@@ -42,8 +62,10 @@ def explanation_metrics(tables: list[FactTable], explanations: list[Explanation]
         "shown_grounded_rate": sum(v.passed for v in shown_verdicts) / n,
         "fallback_rate": sum(1 for e in explanations if e.source is ExplanationSource.TEMPLATE) / n,
         "unsupported_claim_rate": unsupported / n,
-        "usr": unique_sentence_ratio([e.text for e in explanations]),
-        "raw_usr": unique_sentence_ratio([a.text for a in first if a is not None]),
+        "usr": unique_sentence_ratio(_one_per_evidence(evidence, [e.text for e in explanations])),
+        "raw_usr": unique_sentence_ratio(_one_per_evidence(evidence, [a.text if a is not None else None for a in first])),
+        "usr_all_texts": unique_sentence_ratio([e.text for e in explanations]),
+        "distinct_evidence": len(set(evidence)),
         "mean_words": sum(len(e.text.split()) for e in explanations) / n,
         "history_citation_rate": sum(v.cites_history for v in shown_verdicts) / n,
         "claims_per_text": len(shown_claims) / n,

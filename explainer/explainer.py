@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import replace
 from typing import Iterator
 
 from langchain_core.language_models import BaseChatModel
@@ -17,8 +18,9 @@ from whyrec.explainer.cache import ExplanationCache, cache_key
 from whyrec.explainer.reasons import checked_template
 from whyrec.explainer.grounding import check_reason, cited_facts
 from whyrec.explainer.parsing import ExplanationParser, ParsedAnswer
+from whyrec.explainer.slots import fill_slots, slot_names, with_slots
 from whyrec.explainer.templates import PromptTemplateSpec
-from whyrec.schema import Attempt, Explanation, ExplanationSource, FactTable, FallbackReason
+from whyrec.schema import RELATION_KINDS, Attempt, Explanation, ExplanationSource, Fact, FactKind, FactTable, FallbackReason
 
 RETRY_INSTRUCTION = (
     "That note was rejected because it {reason}. Write the note again, using only words and names from the facts."
@@ -41,7 +43,7 @@ class Explainer:
         self.template = template
         self.model_name = model_name
         # What the stored texts are keyed on: the model name and a digest of its adapter's weights,
-        # so a shop's own adapter and the shipped one (both "+lora-shopper.v3") never mix.
+        # so a shop's own adapter and the shipped one (both "+lora-shopper.v4") never mix.
         self.model_key = model_key or model_name
         self.concurrency = concurrency
         self.cache = cache if cache is not None else ExplanationCache()
@@ -201,6 +203,8 @@ class Explainer:
             reason = f"{_PHRASES[fallback]}: {type(raw).__name__}: {str(raw)[:200]}"
             return None, Attempt(raw_output="", text="", passed=False, reason=reason), fallback
         answer = self.parser.parse(raw)
+        if self.template.name_slots:
+            answer = replace(answer, text=fill_slots(answer.text, prompt_slots(self.template, table)))
         if answer.cut_off:
             attempt = Attempt(raw_output=raw, text=answer.text, passed=False, reason="is cut off: the answer stops inside its text (the token limit)")
             return answer, attempt, FallbackReason.UNGROUNDED
@@ -265,8 +269,33 @@ class _LateRuns:
         return self.count >= self.limit
 
 
+def prompt_facts(template: PromptTemplateSpec, table: FactTable) -> tuple[Fact, ...]:
+    """The facts the prompt shows: the template's kinds, and with `history_items` only the facts
+    about that many history items, those the table ties to the item by a relation first (the table
+    lists the ranker's drivers first, so the first told is what raised the item most)."""
+    shown = [f for f in table.facts if f.kind in template.fact_kinds]
+    if template.history_items is None:
+        return tuple(shown)
+    history = list(dict.fromkeys(f.history_item_id for f in shown if f.kind is FactKind.HISTORY_ITEM))
+    related = {f.history_item_id for f in shown if f.kind in RELATION_KINDS}
+    told = set(sorted(history, key=lambda h: h not in related)[: template.history_items])
+    # Where shoppers both bought and looked, the purchases are told: given both counts, the small
+    # model wrote "1 other shopper who bought it went on to look at this".
+    bought = {f.history_item_id for f in shown if f.kind is FactKind.BOUGHT_TOGETHER}
+    return tuple(
+        f for f in shown
+        if (f.history_item_id is None or f.history_item_id in told) and not (f.kind is FactKind.VIEWED_TOGETHER and f.history_item_id in bought)
+    )
+
+
+def prompt_slots(template: PromptTemplateSpec, table: FactTable) -> dict[str, str]:
+    """slot -> title where the template writes names as slots, else nothing."""
+    return slot_names(prompt_facts(template, table)) if template.name_slots else {}
+
+
 def prompt_variables(template: PromptTemplateSpec, table: FactTable) -> dict[str, str]:
-    facts = "\n".join(f"[{f.fact_id}] {f.text}" for f in table.facts if f.kind in template.fact_kinds)
+    slots = prompt_slots(template, table)
+    facts = "\n".join(f"[{f.fact_id}] {with_slots(f.text, slots)}" for f in prompt_facts(template, table))
     title = next((f.value for f in table.facts if f.kind.value == "item_title"), table.item_id)
     values = {"facts": facts, "item_title": title}
     return {k: values[k] for k in template.variables if k in values}

@@ -26,6 +26,7 @@ def short_title(item: Item, limit: int = 80) -> str:
     head = re.split(r"[,(\[|]| - ", item.title, maxsplit=1)[0].strip()
     if len(head) < 8:
         head = item.title
+    head = _without_full_stop(head)
     if len(head) > limit:
         # Cut at a word, and not after a word that leaves the name hanging ("... Timer with").
         words = head[:limit].rsplit(" ", 1)[0].split()
@@ -33,6 +34,12 @@ def short_title(item: Item, limit: int = 80) -> str:
             words.pop()
         head = " ".join(words)
     return head
+
+
+def _without_full_stop(name: str) -> str:
+    """Many catalog titles end with a full stop ("Mighty Mag Magnetic Base."): inside a sentence the
+    stop reads as its end, and a small model closes its note there, leaving the quote open."""
+    return name.rstrip(" .") or name
 
 
 _HANGING = frozenset("a an the and or of for with to in on by at from as".split() + ["", "&"])
@@ -143,7 +150,7 @@ def build_fact_table(
     # A variant of a history item (8 vs 24 pack) shortens to the same name: then both keep full titles.
     names = {item.item_id: short_title(item), **{i: short_title(by_id[i][0]) for i in driver_ids}}
     if len(set(names.values())) < len(names):
-        names = {item.item_id: item.title, **{i: by_id[i][0].title for i in driver_ids}}
+        names = {item.item_id: _without_full_stop(item.title), **{i: _without_full_stop(by_id[i][0].title) for i in driver_ids}}
     # A name sits in double quotes in the facts: an inch mark inside it ('13" Wide') becomes a ″.
     names = {i: name.replace('"', "″") for i, name in names.items()}
 

@@ -35,6 +35,11 @@ class PromptTemplateSpec:
     messages: tuple[tuple[str, str], ...]  # (role, content with {variables})
     source: str
     fact_kinds: tuple[FactKind, ...] = tuple(FactKind)  # which facts the prompt shows (the check uses all)
+    # How many history items the prompt tells the generator about (None = all in the table): one
+    # keeps a small model from giving one item's count or maker to another.
+    history_items: int | None = None
+    # The prompt shows the two items as slots, the answer gets their titles back (explainer/slots.py).
+    name_slots: bool = False
 
     @property
     def label(self) -> str:
@@ -106,6 +111,12 @@ def parse_template(text: str, source: str = "<text>") -> PromptTemplateSpec:
     except (ValueError, TypeError):
         allowed = ", ".join(k.value for k in FactKind)
         raise ConfigError(f"{source}: 'fact_kinds' must list fact kinds from: {allowed}") from None
+    history_items = data.get("history_items")
+    if history_items is not None and (not isinstance(history_items, int) or isinstance(history_items, bool) or history_items < 1):
+        raise ConfigError(f"{source}: 'history_items' must be a positive integer (how many history items the prompt shows), or left out for all")
+    name_slots = data.get("name_slots", False)
+    if not isinstance(name_slots, bool) or (name_slots and history_items != 1):
+        raise ConfigError(f"{source}: 'name_slots' must be true or false, and true only with 'history_items: 1' (one history item, one slot)")
     spec = PromptTemplateSpec(
         name=str(data["name"]),
         version=data["version"],
@@ -114,6 +125,8 @@ def parse_template(text: str, source: str = "<text>") -> PromptTemplateSpec:
         messages=tuple(messages),
         source=source,
         fact_kinds=fact_kinds,
+        history_items=history_items,
+        name_slots=name_slots,
     )
     try:
         used = set(spec.chat_prompt().input_variables)

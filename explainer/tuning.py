@@ -22,7 +22,9 @@ from typing import Callable
 from whyrec.catalog import Catalog, EventKind, Item, strongest_kind
 from whyrec.ranker.model import cpu_has_bf16
 from whyrec.explainer.facts import PAST_TENSE, build_fact_table, shared_category_name, shared_use_words
+from whyrec.explainer.explainer import prompt_facts, prompt_slots
 from whyrec.explainer.grounding import check_reason
+from whyrec.explainer.slots import fill_slots, with_slots
 from whyrec.explainer.templates import PromptTemplateSpec
 from whyrec.retrieval.cooccurrence import FollowCounts
 from whyrec.schema import Attribution, Evidence, Fact, FactKind, FactTable, RankedItem
@@ -85,46 +87,52 @@ def content_fact_table(catalog: Catalog, user_id: str, position: int, rng: rando
     return build_fact_table(user_id, target, ranked, [(h, strongest_kind(events, h.item_id)) for h in history], evidence)
 
 
-# Many phrasings per relation, so the tuned model learns the relation rather than a frame. Fields:
+# Many phrasings per relation, so the tuned model learns the relation rather than a frame (none says
+# "another {v} product": the model put counts and ranks in that slot). Fields:
 # {verb} the shopper's event ("bought"), {h} the history item, {item} the recommended item,
 # {v} the fact's value, {n} a count, {who}/{looked} the counted shoppers ("shopper who bought it").
 FRAMES: dict[FactKind, tuple[str, ...]] = {
     FactKind.SHARED_BRAND: (
-        'Because you {verb} "{h}", here is another {v} product.',
         'Like "{h}", which you {verb}, it is made by {v}.',
         'You {verb} "{h}", and this is made by {v} too.',
         'It is from {v}, the maker of "{h}", which you {verb}.',
         'Since you {verb} "{h}", we picked this from {v} as well.',
         'Like the {h} you {verb}, the {item} is made by {v}.',
+        'You {verb} "{h}"; "{item}" is a {v} product too.',
+        'Because you {verb} the {h}, here is the {item}, one more product made by {v}.',
     ),
     FactKind.SHARED_CATEGORY: (
         'Like "{h}", which you {verb}, it is in {v}.',
-        'Because you {verb} "{h}", we suggest this, also in {v}.',
         'You {verb} "{h}"; this is in {v} too.',
         'It is in {v}, like "{h}", which you {verb}.',
-        'Because you {verb} the {h}, we suggest the {item}, also in {v}.',
+        'Because you {verb} the {h}, we suggest the {item}, which is in {v} too.',
+        'Like the {h} you {verb}, the {item} is in {v}.',
     ),
     FactKind.SHARED_USE: (
         'Like "{h}", which you {verb}, it is one of the {v} products.',
-        'Since you {verb} "{h}", here is another {v} product.',
+        'Since you {verb} "{h}", here is one more of the {v} products.',
         'You {verb} "{h}", and this is a {v} product too.',
-        'Since you {verb} the {h}, here is the {item}, another {v} product.',
+        'Like the {h} you {verb}, the {item} is one of the {v} products.',
+        'Because you {verb} the {h}, here is the {item}, one more of the {v} products.',
     ),
     FactKind.BOUGHT_TOGETHER: (
         'Because you {verb} "{h}": {n} {who} went on to buy this.',
         'You {verb} "{h}"; {n} {who} went on to buy this.',
         '{n} {who_full} "{h}", which you {verb}, went on to buy this.',
         'You {verb} the {h}; {n} {who} went on to buy the {item}.',
+        '{n} {who_full} the {h}, which you {verb}, went on to buy the {item}.',
     ),
     FactKind.VIEWED_TOGETHER: (
         'Because you {verb} "{h}": {n} {looked} went on to look at this too.',
         'You {verb} "{h}"; {n} {looked} went on to look at this too.',
         '{n} {looked_full} "{h}", which you {verb}, went on to look at this too.',
+        'You {verb} the {h}; {n} {looked} went on to look at the {item} too.',
     ),
     FactKind.OFTEN_NEXT: (
         'Because you {verb} "{h}": it is among the items shoppers are most likely to pick next after it.',
         'After "{h}", which you {verb}, shoppers are most likely to pick this next.',
         'After the {h} you {verb}, shoppers are most likely to pick the {item} next.',
+        'Because you {verb} the {h}, the {item} is among the items shoppers are most likely to pick next after it.',
     ),
     FactKind.COUNTERFACTUAL: (
         'Without "{h}" in your history, it would rank #{rank_without} instead of #{rank}.',
@@ -138,21 +146,24 @@ _ITEM_FIELD = "{item}"
 
 @dataclass(frozen=True)
 class Phrasing:
-    kind: FactKind | None  # the relation told; None for the bare reason of a table with none
+    kind: FactKind  # the relation told
     text: str
     fact_ids: tuple[str, ...]
+    names_item: bool = False  # the recommended item's own title is in it
 
 
-def grounded_phrasings(table: FactTable) -> list[Phrasing]:
+def grounded_phrasings(table: FactTable, shown: tuple[Fact, ...] | None = None) -> list[Phrasing]:
     """Phrasings of the table's reasons, each with the fact ids it uses: every relation fact told
     with its own history item, in every frame for its kind; only those that pass the check a shown
-    reason must pass (`check_reason`, so no bare reason where the table has a relation)."""
-    title = next((f for f in table.facts if f.kind is FactKind.ITEM_TITLE), None)
-    history = {f.history_item_id: f for f in table.facts if f.kind is FactKind.HISTORY_ITEM}
+    reason must pass (`check_reason`, so no bare reason where the table has a relation). `shown`:
+    the facts the prompt shows (a target may only use what the model is given); default all."""
+    shown = table.facts if shown is None else shown
+    title = next((f for f in shown if f.kind is FactKind.ITEM_TITLE), None)
+    history = {f.history_item_id: f for f in shown if f.kind is FactKind.HISTORY_ITEM}
     if title is None or not history:
         return []
-    options: list[tuple[FactKind | None, str, tuple[Fact, ...]]] = []
-    for fact in table.facts:
+    options: list[tuple[FactKind, str, tuple[Fact, ...]]] = []
+    for fact in shown:
         subject = history.get(fact.history_item_id)
         if subject is None or fact.kind not in FRAMES:
             continue
@@ -168,14 +179,18 @@ def grounded_phrasings(table: FactTable) -> list[Phrasing]:
         for frame in FRAMES[fact.kind]:
             used = (subject, fact, title) if _ITEM_FIELD in frame else (subject, fact)
             options.append((fact.kind, frame.format(**fields), used))
-    if not options:  # no relation to tell: the bare reason, named
-        top = next(iter(history.values()))
-        verb, h = PAST_TENSE[top.event or EventKind.PURCHASE], top.value
-        options = [(None, f'Because you {verb} "{h}".', (top,)), (None, f"Based on the {h} you {verb}, here is the {title.value}.", (top, title))]
-    return [Phrasing(kind, text, tuple(sorted({f.fact_id for f in facts}, key=lambda i: int(i[1:])))) for kind, text, facts in options if check_reason(text, table).passed]
+    # A table with no relation gets no target: a model taught the bare "because you bought X" gave
+    # it where the table held a relation too (the check refuses it there; the template stands in).
+    return [
+        Phrasing(kind, text, tuple(sorted({f.fact_id for f in facts}, key=lambda i: int(i[1:]))), title in facts)
+        for kind, text, facts in options if check_reason(text, table).passed
+    ]
 
 
 COUNTERFACTUAL_SHARE = 0.15  # a rank number says less to a shopper than what the items share
+# Most targets name the recommended item too: a slate's cards whose history item and relation are
+# the same then still read differently (told without it, a small shop's slate repeated one sentence).
+ITEM_NAMED_SHARE = 0.7
 
 
 def pick_phrasing(options: list[Phrasing], rng: random.Random) -> Phrasing:
@@ -186,7 +201,11 @@ def pick_phrasing(options: list[Phrasing], rng: random.Random) -> Phrasing:
     if others and FactKind.COUNTERFACTUAL in kinds and rng.random() >= COUNTERFACTUAL_SHARE:
         kinds = others
     kind = rng.choice(kinds)
-    return rng.choice([o for o in options if o.kind is kind])
+    told = [o for o in options if o.kind is kind]
+    named = [o for o in told if o.names_item]
+    if named and rng.random() < ITEM_NAMED_SHARE:
+        return rng.choice(named)
+    return rng.choice(told)
 
 
 def answer_json(text: str, fact_ids: tuple[str, ...]) -> str:
@@ -199,10 +218,11 @@ class TuningExample:
     target: str  # the structured answer the model should write
 
 
-def tuning_examples(catalog: Catalog, n: int, seed: int = 0, held_out: bool = False, passes: int = 4) -> list[TuningExample]:
+def tuning_examples(catalog: Catalog, n: int, seed: int = 0, held_out: bool = False, passes: int = 6, template: PromptTemplateSpec | None = None) -> list[TuningExample]:
     """Up to n examples from training shoppers (or, with held_out, from the held-out ones), one
     table per shopper per pass (another of their items each pass, so a small shop gives more than
-    one per shopper), each with a grounded phrasing of a relation picked at random."""
+    one per shopper), each with a grounded phrasing of a relation picked at random from the facts
+    `template`'s prompt shows."""
     rng = random.Random(seed)
     users = [u for u in catalog.users if is_held_out(u) == held_out and len(catalog.sequence(u)) >= 2]
     rng.shuffle(users)
@@ -216,10 +236,14 @@ def tuning_examples(catalog: Catalog, n: int, seed: int = 0, held_out: bool = Fa
             # Never the shopper's last two items: those are the ranker's validation and test targets.
             last = len(sequence) - 3 if len(sequence) > 3 else len(sequence) - 1
             table = content_fact_table(catalog, user, rng.randint(1, max(1, last)), rng, follows=follows)
-            options = grounded_phrasings(table) if table else []
+            options = grounded_phrasings(table, prompt_facts(template, table) if template else None) if table else []
             if options:
                 chosen = pick_phrasing(options, rng)
-                examples.append(TuningExample(table, answer_json(chosen.text, chosen.fact_ids)))
+                # Where the prompt shows slots, the target writes them too, and must read back as the phrasing.
+                slots = prompt_slots(template, table) if template else {}
+                target = with_slots(chosen.text, slots)
+                if fill_slots(target, slots) == chosen.text:
+                    examples.append(TuningExample(table, answer_json(target, chosen.fact_ids)))
     return examples
 
 

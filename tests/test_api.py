@@ -97,7 +97,7 @@ def test_an_agent_retrieves_the_exact_text_facts_and_prompt_version_that_were_sh
     record = next(r for r in found.json() if r["impression_id"] == served["impression_id"])
     logged = next(i for i in record["items"] if i["item_id"] == shown["item_id"])
     assert logged["text"] == shown["explanation"]["text"]
-    assert logged["prompt_version"] == shown["explanation"]["prompt_version"] == "shopper.v3"
+    assert logged["prompt_version"] == shown["explanation"]["prompt_version"] == "shopper.v4"
     assert [f for f in logged["fact_table"] if f["id"] in logged["cited_fact_ids"]] == shown["explanation"]["facts"]
     assert logged["grounded"] == shown["explanation"]["grounded"]
     assert "[F1]" in logged["prompt"][-1]["content"]  # the rendered facts block, not the template

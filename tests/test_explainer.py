@@ -1,4 +1,8 @@
+import json
+from pathlib import Path
+
 import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from whyrec.catalog import EventKind, Item
 from whyrec.errors import ConfigError
@@ -11,6 +15,7 @@ from whyrec.schema import Attribution, FactKind, RankedItem
 
 LAMP = Item("lamp", "Lumora LED Desk Lamp, Warm White", "Lumora", ("Office", "Lighting", "Desk Lamps"), "A dimmable lamp for desks. Second sentence.", 39.0, {"color": "white"})
 STAND = Item("stand", "Oakline Monitor Stand", "Oakline", ("Office", "Desk Setup", "Monitor Stands"))
+REPO_PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 OLD_LAMP = Item("old", "Lumora Clip Lamp", "Lumora", ("Office", "Lighting", "Desk Lamps"))
 
 
@@ -28,6 +33,56 @@ def test_fact_table_names_the_item_its_drivers_and_what_they_share():
     assert 'Like "Lumora Clip Lamp", it is made by Lumora.' in history
     assert 'Without "Lumora Clip Lamp" in your history it would rank #12 instead of #2.' in history
     assert [f.fact_id for f in table.facts] == [f"F{i}" for i in range(1, len(table.facts) + 1)]
+
+
+def test_a_focused_prompt_shows_the_one_history_item_tied_to_the_item_and_what_ties_them():
+    from whyrec.explainer.explainer import prompt_variables
+
+    # The stand raised the score most but shares nothing with the lamp; the old lamp is told instead.
+    table = _table((Attribution("stand", 0.8, 12), Attribution("old", 0.3, 5)))
+    facts = prompt_variables(load_template("shopper", 4), table)["facts"]
+    assert "You bought <history item>." in facts and "Like <history item>, it is made by Lumora." in facts
+    assert "Oakline" not in facts and "dimmable" not in facts and "Clip" not in facts
+    assert "The recommended item is <recommended item>." in facts
+    # The full prompt still shows both history items.
+    assert "Oakline" in prompt_variables(load_template("shopper", 3), table)["facts"]
+
+
+def test_a_focused_prompt_tells_what_other_shoppers_bought_rather_than_also_what_they_looked_at():
+    from whyrec.explainer.explainer import prompt_variables
+    from whyrec.schema import Evidence
+
+    ranked = RankedItem("lamp", 2, 0.7, 3.1, ("old",), (Attribution("old", 0.8, 12),), candidates_scored=50)
+    table = build_fact_table("u1", LAMP, ranked, [(OLD_LAMP, EventKind.PURCHASE)], [Evidence("old", "lamp", bought_after=3, viewed_after=7)])
+    facts = prompt_variables(load_template("shopper", 4), table)["facts"]
+    assert "3 other shoppers who bought <history item> went on to buy it." in facts and "looked at" not in facts
+    assert any(f.kind is FactKind.VIEWED_TOGETHER for f in table.facts)  # the check still reads it
+
+
+def test_an_answer_written_with_name_slots_is_checked_with_the_catalog_titles_in_them():
+    from whyrec.explainer import Explainer
+    from whyrec.explainer.slots import fill_slots, with_slots
+
+    table = _table((Attribution("stand", 0.8, 12), Attribution("old", 0.3, 5)))
+    slots = {"<history item>": "Lumora Clip Lamp", "<recommended item>": "Lumora LED Desk Lamp"}
+    written = "Like the <history item> you bought, the <recommended item> is made by Lumora."
+    assert fill_slots(written, slots) == "Like the Lumora Clip Lamp you bought, the Lumora LED Desk Lamp is made by Lumora."
+    assert fill_slots("You bought <history item>.", slots) == 'You bought "Lumora Clip Lamp".'
+    assert with_slots('You bought "Lumora Clip Lamp"; here is the Lumora LED Desk Lamp.', slots) == "You bought <history item>; here is the <recommended item>."
+    # A stand-in model that writes one answer in slots (the real one cannot be made to on demand).
+    model = FakeListChatModel(responses=[json.dumps({"text": written, "facts": ["F8", "F9"]})])
+    [shown] = Explainer(model, load_template("shopper", 4), "fake").explain([table])
+    assert shown.source.value == "llm" and shown.text == fill_slots(written, slots)
+    # A slot the prompt did not fill stays as written, and fails the check.
+    model = FakeListChatModel(responses=[json.dumps({"text": "You bought <other item>, made by Lumora.", "facts": []})] * 2)
+    [shown] = Explainer(model, load_template("shopper", 4), "fake").explain([table])
+    assert shown.source.value == "template" and not shown.attempts[0].passed
+
+
+def test_a_template_telling_no_history_items_is_rejected():
+    text = (REPO_PROMPTS / "shopper.v4.yaml").read_text().replace("history_items: 1", "history_items: 0")
+    with pytest.raises(ConfigError, match="history_items"):
+        parse_template(text)
 
 
 def test_history_items_that_lowered_the_score_are_not_cited():

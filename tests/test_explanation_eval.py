@@ -37,6 +37,20 @@ def test_metrics_separate_raw_from_shown_grounding_and_count_fallbacks():
     assert metrics["seconds_per_explanation"] == 1.0 and metrics["history_citation_rate"] == 1.0
 
 
+def test_the_unique_sentence_ratio_counts_one_text_per_distinct_evidence():
+    from dataclasses import replace
+
+    table = reference_fact_table(load_reference_cases(CASES)[0])
+    text, facts = template_sentence(table)
+    same = Explanation(text, ExplanationSource.TEMPLATE, False, facts)
+    # Two shoppers with the same facts share one sentence by design; a third table is new evidence.
+    other = replace(table, user_id="u2")
+    new_item = replace(table, item_id="another")
+    metrics = explanation_metrics([table, other, new_item], [same, same, same], seconds=1.0)
+    assert metrics["distinct_evidence"] == 2
+    assert metrics["usr"] == pytest.approx(1 / 2) and metrics["usr_all_texts"] == pytest.approx(1 / 3)
+
+
 def test_a_reference_case_gives_a_fact_table_from_the_row_alone():
     table = reference_fact_table(load_reference_cases(CASES)[0])
     assert [f.kind for f in table.facts] == [FactKind.ITEM_TITLE, FactKind.ITEM_ATTRIBUTE, FactKind.HISTORY_ITEM]

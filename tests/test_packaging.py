@@ -20,7 +20,7 @@ def test_wheel_maps_every_folder_under_the_whyrec_namespace(tmp_path):
         assert f"whyrec/{part}/__init__.py" in names
     assert "whyrec/prompts/shopper.v1.yaml" in names
     assert "whyrec/sample_data/items.jsonl" in names and "whyrec/sample_data/interactions.jsonl" in names
-    shipped = "whyrec/explainer/adapters/smollm2-135m-instruct/lora-shopper.v3/"
+    shipped = "whyrec/explainer/adapters/smollm2-135m-instruct/lora-shopper.v4/"
     assert {shipped + f for f in ("adapter_config.json", "adapter_model.safetensors", "whyrec_adapter.json")} <= set(names)
 
 

@@ -136,10 +136,10 @@ def test_a_protected_route_answers_the_right_role_and_the_admin(served, route):
 def test_the_prompt_lab_api_lists_templates_and_compares_an_edit(served):
     _app, client, _ = served
     listed = {t["name"]: t for t in client.get("/api/prompts", auth=ENGINEER).json()}
-    assert listed["shopper"]["in_use"] == "shopper.v3" and 2 in listed["shopper"]["versions"] and "support" in listed
+    assert listed["shopper"]["in_use"] == "shopper.v4" and 2 in listed["shopper"]["versions"] and "support" in listed
     edited = _current_template().replace("Use only the facts.", "Use only the facts. Be brief.")
     body = client.post("/api/prompts/compare", json={"template": edited, "shoppers": 1}, auth=ENGINEER).json()
-    assert body["current"]["label"] == "shopper.v3" and "Be brief." in body["diff"] and len(body["candidate"]["texts"]) == 1
+    assert body["current"]["label"] == "shopper.v4" and "Be brief." in body["diff"] and len(body["candidate"]["texts"]) == 1
     broken = client.post("/api/prompts/compare", json={"template": BROKEN_TEMPLATE}, auth=ENGINEER)
     assert broken.status_code == 422 and "messages" in broken.json()["detail"]
 

@@ -17,6 +17,31 @@ def test_tuning_examples_come_from_training_shoppers_and_every_target_passes_the
         assert set(answer["facts"]) <= set(example.table.by_id())
 
 
+def test_a_target_uses_only_the_facts_its_prompt_shows(slice_catalog):
+    from whyrec.explainer import load_template
+    from whyrec.explainer.explainer import prompt_facts, prompt_slots
+    from whyrec.explainer.slots import fill_slots
+
+    focused = load_template("shopper", 4)
+    examples = tuning_examples(slice_catalog, 30, template=focused)
+    assert len(examples) >= 20
+    for example in examples:
+        shown = {f.fact_id for f in prompt_facts(focused, example.table)}
+        answer = json.loads(example.target)
+        assert set(answer["facts"]) <= shown
+        # Written in the prompt's name slots, it reads back as a sentence that passes the check.
+        assert "<history item>" in answer["text"] and '"' not in answer["text"]
+        assert check_grounding(fill_slots(answer["text"], prompt_slots(focused, example.table)), example.table).passed
+
+
+def test_most_targets_name_the_recommended_item_so_a_slates_cards_read_differently(slice_catalog):
+    from whyrec.explainer import load_template
+
+    examples = tuning_examples(slice_catalog, 60, template=load_template("shopper", 4))
+    named = sum("<recommended item>" in json.loads(e.target)["text"] for e in examples)
+    assert named >= 0.5 * len(examples)
+
+
 def test_held_out_examples_come_only_from_held_out_shoppers(slice_catalog):
     examples = tuning_examples(slice_catalog, 10, held_out=True)
     assert examples and all(is_held_out(e.table.user_id) for e in examples)
@@ -75,14 +100,14 @@ def test_the_shipped_adapter_is_small_half_precision_and_tuned_on_more_than_one_
 
     from safetensors import safe_open
 
-    folder = Path(__file__).resolve().parents[1] / "explainer" / "adapters" / "smollm2-135m-instruct" / "lora-shopper.v3"
+    folder = Path(__file__).resolve().parents[1] / "explainer" / "adapters" / "smollm2-135m-instruct" / "lora-shopper.v4"
     weights = folder / "adapter_model.safetensors"
     assert weights.stat().st_size <= 8 * 1024 * 1024
     with safe_open(str(weights), "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     meta = json.loads((folder / ADAPTER_META).read_text())
     assert len({s["data_fingerprint"] for s in meta["shops"]}) >= 2 and meta["config"]["seed"] == 0
-    assert meta["template"] == "shopper.v3"
+    assert meta["template"] == "shopper.v4"
 
 
 def test_the_explainer_loads_the_shops_own_adapter_else_the_shipped_one_and_none_turns_it_off(tmp_path):

@@ -60,6 +60,7 @@ class Card:
     facts: tuple[tuple[str, str, str], ...] = ()  # (fact id, chip label, fact sentence) the text rests on
     driver_id: str | None = None  # the history item the reason rests on: target of "don't use this purchase"
     pending: bool = False  # a checked template shown while the model's text is being written
+    later: bool = False  # the page stopped waiting: the model's text shows on the next visit
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ def card_html(card: Card) -> str:
         badge = "written by the model, checked against the facts" if card.source == "llm" else "built from the facts"
         if card.pending:
             badge += "; the assistant's own words are on the way"
+        elif card.later:
+            badge += "; the assistant's own words will be here on your next visit"
         why = f'<p class="whyrec-why"><b>Why you see this:</b> <span class="whyrec-text">{html.escape(card.text)}</span> <span class="whyrec-badge">({badge})</span></p>'
     else:
         why = '<p class="whyrec-why whyrec-pending">Why you see this: writing…</p>'
@@ -176,7 +179,9 @@ def build_shop(service: WhyrecService, settings: Settings) -> gr.Blocks:
                 cards[event.position] = card_for(event.item, history)
                 view = replace(view, cards=tuple(cards))
             elif isinstance(event, SlateLogged):
-                view = replace(view, impression_id=event.served.impression.impression_id)
+                # The stream has stopped waiting: a card still waiting says when its words will come.
+                cards = tuple(replace(c, pending=False, later=True) if c.pending else c for c in view.cards)
+                view = replace(view, cards=cards, impression_id=event.served.impression.impression_id)
                 # Said when the slate is done: the chat takes the next question from here on.
                 chat[-1] = {"role": "assistant", "content": chat[-1]["content"].replace(_ARRIVING, _SHOWN)}
             yield chat, view, gr.update()

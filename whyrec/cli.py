@@ -322,7 +322,8 @@ def eval_explanations(
         raise ConfigError(f"--backend must be 'local', 'openai' or 'none', not '{backend}'")
     from tqdm import tqdm
 
-    from whyrec.explainer.evaluation import explanation_metrics
+    from whyrec.explainer.evaluation import explanation_metrics, table_evidence
+    from whyrec.explainer.explainer import prompt_facts
     from whyrec.explainer.grounding_eval import DEFAULT_LABELS, evaluate_grounding_check, load_labelled_sentences
     from whyrec.explainer.tuning import is_held_out
     from whyrec.pipeline import Recommender
@@ -358,8 +359,11 @@ def eval_explanations(
         "backend": backend,
         "model": explainer.model_name if backend != "none" else None,
         "template": explainer.template.label,
-        **explanation_metrics(tables, explanations, seconds),
+        # Variety is counted over what the generator was shown: equal prompts, equal sentences.
+        **explanation_metrics(tables, explanations, seconds, [table_evidence(t, prompt_facts(explainer.template, t)) for t in tables]),
         "samples": [{"shown": e.text, "source": e.source.value, "first_answer": e.attempts[0].text if e.attempts else "", "reason": e.attempts[0].reason if e.attempts else ""} for e in explanations[:8]],
+        # What the prompt engineer reads first: the first answers the check turned down, and why.
+        "rejected_first_answers": [{"first_answer": e.attempts[0].text, "reason": e.attempts[0].reason} for e in explanations if e.attempts and not e.attempts[0].passed][:60],
     }
     # The keys later checks read sit at the top level.
     report.update({key: report["explanations"][key] for key in (
@@ -443,11 +447,11 @@ def explainer_tune(
     train_set, sources = [], []
     for i, catalog in enumerate(catalogs):
         share = examples // len(catalogs) + (1 if i < examples % len(catalogs) else 0)
-        taken = tuning_examples(catalog, share, seed=seed)
+        taken = tuning_examples(catalog, share, seed=seed, template=base.template)
         train_set += taken
         sources.append({"data": catalog.name, "data_fingerprint": fingerprint(catalog), "examples": len(taken)})
     random.Random(seed).shuffle(train_set)
-    held_out = [e.table for e in tuning_examples(catalogs[0], eval_users, seed=1, held_out=True)] if eval_users else []
+    held_out = [e.table for e in tuning_examples(catalogs[0], eval_users, seed=1, held_out=True, template=base.template)] if eval_users else []
     print(f"{len(train_set)} training examples from training shoppers of {', '.join(c.name for c in catalogs)}; {len(held_out)} held-out shoppers to measure on", file=sys.stderr)
     before = first_answer_metrics(base, held_out) if held_out else None
     config = TuneConfig(examples=examples, epochs=epochs, rank=rank, alpha=2 * rank, learning_rate=learning_rate, seed=seed)
@@ -557,8 +561,10 @@ def demo(
     """Start the whole service (as `whyrec serve`) on the bundled sample store unless --data is
     given: the Shop view at /shop, the staff console at /staff (set WHYREC_STAFF_PASSWORD_HASH from
     `whyrec hash-password` to log in), the JSON API at /docs."""
-    # The demo's first shoppers get their model texts written before anyone asks.
+    # The demo's first shoppers get their model texts written before anyone asks; its Shop view
+    # shows a slate of 10.
     os.environ.setdefault("WHYREC_PREWARM_SHOPPERS", "12")
+    os.environ.setdefault("WHYREC_SHOP_K", "10")
     serve(data=data, llm_url=llm_url, database_url=None, host=host, port=port)
 
 
@@ -582,6 +588,24 @@ def serve(
     server = build_server(settings)
     print(f"whyrec serving on http://{host}:{port} (shop /shop/, staff /staff/, API docs /docs)", file=sys.stderr, flush=True)
     uvicorn.run(server, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def worker(
+    data: Optional[Path] = DataOption,
+    llm_url: Optional[str] = LlmUrlOption,
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="The PostgreSQL database the API replicas share (postgresql+psycopg://user:password@host/db). Default: $WHYREC_DATABASE_URL."),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, help="Jobs run at once. 1 suits the in-process generator (it writes one batch at a time); more keep an LLM server (--llm-url) busy."),
+):
+    """Run the background explainer's jobs for `whyrec serve` replicas that share one PostgreSQL
+    database (each started with WHYREC_JOB_QUEUE=postgres).
+
+    After each event and each served slate a replica queues the shopper's job; a worker ranks the shopper's next slate and generates its missing explanations into the database, where every replica's pages find them.
+
+    Run one or more, with the replicas' --data and model settings; stop one with Ctrl-C or SIGTERM (it finishes the jobs it is running first)."""
+    from whyrec.server import serve_jobs
+
+    serve_jobs(_settings(data, llm_url, database_url=database_url, job_queue="postgres"), concurrency)
 
 
 @app.command("hash-password")
