@@ -111,7 +111,7 @@ class Explainer:
             return []
         run = _Run(len(tables))
         if deadline_s is None:
-            self._run(tables, run)
+            self._run(tables, run, keys)
             return self._explanations(tables, run)
         if self.late.full():
             return self._explanations(tables, run, late=f"not asked: {self.late.count} earlier generations are still running past their deadline")
@@ -126,8 +126,10 @@ class Explainer:
                 self.late.add(1)
             return self._explanations(tables, run, late=f"no checked answer within {deadline_s:.3g} s" if run.expired else None)
 
-    def _run(self, tables: list[FactTable], run: "_Run") -> None:
-        """Generate, check, retry the failures once; every outcome is recorded in `run` as it comes."""
+    def _run(self, tables: list[FactTable], run: "_Run", keys: list[str] | None = None) -> None:
+        """Generate, check, retry the failures once; every outcome is recorded in `run` as it comes.
+        With `keys`, the first round's checked texts are stored before the retry round: a page
+        polling the store shows them without waiting for the slate's slowest item."""
         config = {"max_concurrency": self.concurrency}
         inputs = [self.variables(t) for t in tables]
         try:
@@ -144,6 +146,10 @@ class Explainer:
             run.settled.update(i for i in range(len(tables)) if i not in retry)
             if run.expired:
                 return  # nobody waits for the retry; leave the generator to live requests
+            early = self._explanations(tables, run) if keys and retry else []
+        for i, explanation in enumerate(early):
+            if i in run.accepted:
+                self.cache.put(keys[i], explanation, tables[i].item_id)
         if not retry:
             return
         retry_inputs = [{**inputs[i], "previous": run.attempts[i][0].text or run.attempts[i][0].raw_output, "reason": _reason_phrase(run.attempts[i][0].reason)} for i in retry]
@@ -158,7 +164,7 @@ class Explainer:
 
     def _run_in_background(self, tables: list[FactTable], run: "_Run", keys: list[str]) -> None:
         try:
-            self._run(tables, run)
+            self._run(tables, run, keys)
         finally:
             with run.lock:
                 run.finished = True

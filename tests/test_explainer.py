@@ -79,6 +79,44 @@ def test_an_answer_written_with_name_slots_is_checked_with_the_catalog_titles_in
     assert shown.source.value == "template" and not shown.attempts[0].passed
 
 
+def test_a_slates_checked_first_answers_are_stored_before_the_retry_of_its_failures():
+    from langchain_core.language_models.chat_models import BaseChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+
+    from whyrec.explainer import Explainer
+    from whyrec.explainer.cache import cache_key
+
+    good = _table()
+    only_stand = RankedItem("lamp", 2, 0.7, 3.1, ("stand",), (Attribution("stand", 0.8, 12),), candidates_scored=50)
+    bad = build_fact_table("u1", LAMP, only_stand, [(STAND, EventKind.VIEW)])
+    template = load_template("shopper", 4)
+    seen_at_retry = []
+
+    class Writer(BaseChatModel):
+        """A stand-in model: the good answer for the lamp table, an invented one for the other, and
+        at the retry it looks at what the cache already holds (the real model cannot be steered so)."""
+
+        @property
+        def _llm_type(self) -> str:
+            return "writer"
+
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            prompt = "\n".join(str(m.content) for m in messages)
+            if "rejected" in prompt:
+                seen_at_retry.append(explainer.cache.get(cache_key(good, template.label, "w"), False) is not None)
+                text = "It is waterproof."
+            elif "made by Lumora" in prompt:
+                text = "Like <history item>, which you bought, it is made by Lumora."
+            else:
+                text = "It is waterproof."
+            return ChatResult(generations=[ChatGeneration(message=AIMessage(content=json.dumps({"text": text, "facts": []})))])
+
+    explainer = Explainer(Writer(), template, "w")
+    shown = explainer.explain([good, bad])
+    assert [e.source.value for e in shown] == ["llm", "template"] and seen_at_retry == [True]
+
+
 def test_a_template_telling_no_history_items_is_rejected():
     text = (REPO_PROMPTS / "shopper.v4.yaml").read_text().replace("history_items: 1", "history_items: 0")
     with pytest.raises(ConfigError, match="history_items"):
