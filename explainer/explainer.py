@@ -210,7 +210,14 @@ class Explainer:
             return None, Attempt(raw_output="", text="", passed=False, reason=reason), fallback
         answer = self.parser.parse(raw)
         if self.template.name_slots:
-            answer = replace(answer, text=fill_slots(answer.text, prompt_slots(self.template, table)))
+            slots = prompt_slots(self.template, table)
+            twice = next((slot for slot in slots if answer.text.count(slot) > 1), None)
+            if twice is not None:
+                # No true reason names one product twice; the model put a title where a fact's value
+                # belongs ('"Kovo Mug" is a "Kovo Mug" too'), which the claim check reads as a name.
+                text = fill_slots(answer.text, slots)
+                return answer, Attempt(raw_output=raw, text=text, passed=False, reason=f"names {slots[twice]!r} twice, in place of a fact"), FallbackReason.UNGROUNDED
+            answer = replace(answer, text=fill_slots(answer.text, slots))
         if answer.cut_off:
             attempt = Attempt(raw_output=raw, text=answer.text, passed=False, reason="is cut off: the answer stops inside its text (the token limit)")
             return answer, attempt, FallbackReason.UNGROUNDED

@@ -73,6 +73,10 @@ def test_an_answer_written_with_name_slots_is_checked_with_the_catalog_titles_in
     model = FakeListChatModel(responses=[json.dumps({"text": written, "facts": ["F8", "F9"]})])
     [shown] = Explainer(model, load_template("shopper", 4), "fake").explain([table])
     assert shown.source.value == "llm" and shown.text == fill_slots(written, slots)
+    # A product named twice stands where a fact's value belongs: refused before the check.
+    model = FakeListChatModel(responses=[json.dumps({"text": "You bought <history item>; <recommended item> is a <recommended item> too.", "facts": []})] * 2)
+    [shown] = Explainer(model, load_template("shopper", 4), "fake").explain([table])
+    assert shown.source.value == "template" and "twice" in shown.attempts[0].reason
     # A slot the prompt did not fill stays as written, and fails the check.
     model = FakeListChatModel(responses=[json.dumps({"text": "You bought <other item>, made by Lumora.", "facts": []})] * 2)
     [shown] = Explainer(model, load_template("shopper", 4), "fake").explain([table])
