@@ -329,7 +329,7 @@ def test_prompt_lab_runs_an_edit_side_by_side_and_saves_it_as_a_new_version(serv
     assert "Keep it under twenty words" in diff and diff.count("@@") == 2  # one hunk: the one edited line
 
     page.locator("#lab-save").click()
-    page.locator("#lab-status").get_by_text("shopper.v4", exact=True).wait_for(timeout=60_000)
-    saved = folder / "prompts" / "shopper.v4.yaml"
-    assert "Keep it under twenty words" in saved.read_text() and "version: 4" in saved.read_text()
+    page.locator("#lab-status").get_by_text("shopper.v5", exact=True).wait_for(timeout=60_000)
+    saved = folder / "prompts" / "shopper.v5.yaml"
+    assert "Keep it under twenty words" in saved.read_text() and "version: 5" in saved.read_text()
     _shot(page, "prompt-lab")

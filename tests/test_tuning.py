@@ -63,7 +63,7 @@ def test_a_tuned_adapter_is_saved_and_loads_into_the_in_process_backend(slice_ca
     examples = tuning_examples(slice_catalog, 4)
     report = train_lora(model_path, template, examples, lambda t: prompt_variables(template, t), tmp_path / "lora", TuneConfig(examples=4, batch_size=4), progress=False)
     assert report["steps"] == 1 and (tmp_path / "lora" / "adapter_config.json").exists()
-    assert json.loads((tmp_path / "lora" / ADAPTER_META).read_text())["template"] == "shopper.v3"
+    assert json.loads((tmp_path / "lora" / ADAPTER_META).read_text())["template"] == template.label == "shopper.v4"
     model = TransformersChatModel(model_path=model_path, adapter_path=str(tmp_path / "lora"), max_new_tokens=8)
     messages = template.chat_prompt().format_messages(**prompt_variables(template, examples[0].table))
     assert model.generate_texts([messages])[0]
