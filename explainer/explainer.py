@@ -307,8 +307,9 @@ def prompt_slots(template: PromptTemplateSpec, table: FactTable) -> dict[str, st
 
 
 def prompt_variables(template: PromptTemplateSpec, table: FactTable) -> dict[str, str]:
-    slots = prompt_slots(template, table)
-    facts = "\n".join(f"[{f.fact_id}] {with_slots(f.text, slots)}" for f in prompt_facts(template, table))
+    shown = prompt_facts(template, table)
+    slots = slot_names(shown) if template.name_slots else {}
+    facts = "\n".join(f"[{f.fact_id}] {with_slots(f.text, slots)}" for f in shown)
     title = next((f.value for f in table.facts if f.kind.value == "item_title"), table.item_id)
     values = {"facts": facts, "item_title": title}
     return {k: values[k] for k in template.variables if k in values}
