@@ -1,6 +1,6 @@
 """The explainer: fact table -> versioned prompt -> generator -> grounding check -> text or template sentence."""
 
-from whyrec.explainer.backends import TransformersChatModel, make_chat_model
+from whyrec.explainer.backends import GenerationInterrupted, TransformersChatModel, interruptible, make_chat_model, stop_requested
 from whyrec.explainer.cache import ExplanationCache
 from whyrec.explainer.explainer import Explainer
 from whyrec.explainer.facts import build_fact_table, cold_start_fact_table
@@ -13,6 +13,7 @@ __all__ = [
     "ExplanationCache",
     "ExplanationStore",
     "Explainer",
+    "GenerationInterrupted",
     "GroundingVerdict",
     "PromptTemplateSpec",
     "TransformersChatModel",
@@ -21,8 +22,10 @@ __all__ = [
     "cold_start_fact_table",
     "check_grounding",
     "check_reason",
+    "interruptible",
     "load_template",
     "make_chat_model",
     "one_fact_sentence",
+    "stop_requested",
     "template_sentence",
 ]

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -20,6 +22,33 @@ from whyrec.config import Settings
 from whyrec.errors import ConfigError
 
 _ROLE = {"human": "user", "ai": "assistant", "system": "system"}
+
+# Set by `interruptible` for the calls made inside it, in that thread (and the threads LangChain
+# starts from it, which copy the context).
+_STOP: ContextVar[Callable[[], bool] | None] = ContextVar("whyrec_generation_stop", default=None)
+
+
+class GenerationInterrupted(RuntimeError):
+    """Generation stopped because the caller's `interruptible` condition became true."""
+
+
+@contextmanager
+def interruptible(stop: Callable[[], bool]) -> Iterator[None]:
+    """In-process generation inside this block stops within one decode step once `stop()` is true,
+    raising GenerationInterrupted (so nothing half-written is kept). The background explainer
+    wraps its work in it, so that a shopper on the page does not wait for another shopper's
+    batch; a vLLM server runs both at once and is not interrupted."""
+    token = _STOP.set(stop)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
+def stop_requested() -> bool:
+    """True inside an `interruptible` block whose condition holds: a generator checks it between steps."""
+    stop = _STOP.get()
+    return stop is not None and stop()
 
 
 class TransformersChatModel(BaseChatModel):
@@ -35,6 +64,7 @@ class TransformersChatModel(BaseChatModel):
     adapter_path: str | None = None  # a LoRA adapter from `whyrec explainer tune`, merged in at load
     device: str = "cpu"
     max_new_tokens: int = 60
+    int8: bool = False  # decoder layers on int8 weights (CPU only); the output head stays fp32
 
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
@@ -62,9 +92,16 @@ class TransformersChatModel(BaseChatModel):
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"cannot load the LoRA adapter from '{self.adapter_path}' ({exc})") from None
         self._model.eval()
+        if self.quantized:
+            self._model.model = _int8_linears(self._model.model)
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
+
+    @property
+    def quantized(self) -> bool:
+        """The weights are int8 (asked for, and on a CPU)."""
+        return self.int8 and self.device == "cpu"
 
     @property
     def generations(self) -> int:
@@ -77,7 +114,7 @@ class TransformersChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_path": self.model_path, "adapter_path": self.adapter_path, "max_new_tokens": self.max_new_tokens}
+        return {"model_path": self.model_path, "adapter_path": self.adapter_path, "max_new_tokens": self.max_new_tokens, "int8": self.quantized}
 
     def _prompt(self, messages: list[BaseMessage]) -> str:
         chat = [{"role": _ROLE.get(m.type, "user"), "content": m.content} for m in messages]
@@ -98,6 +135,8 @@ class TransformersChatModel(BaseChatModel):
         input_ids = torch.tensor([row[:shared] + [pad] * (width - len(row) + shared) + row[shared:] for row in ids], device=self.device)
         mask = torch.tensor([[1] * shared + [0] * (width - len(row) + shared) + [1] * (len(row) - shared) for row in ids], device=self.device)
         with self._lock, torch.no_grad():
+            if stop_requested():
+                raise GenerationInterrupted("stopped before it started")
             cache = self._prefix_cache(prefix, len(ids)) if shared else None
             output = self._model.generate(
                 input_ids=input_ids,
@@ -107,6 +146,7 @@ class TransformersChatModel(BaseChatModel):
                 do_sample=False,
                 pad_token_id=pad,
                 streamer=streamer,
+                stopping_criteria=_stopping() if _STOP.get() is not None else None,
             )
         self._generations += len(ids)
         self.prompt_tokens += sum(len(row) for row in ids)
@@ -164,6 +204,36 @@ class TransformersChatModel(BaseChatModel):
         return [AIMessage(content=text) for text in self.generate_texts(conversations)]
 
 
+def _stopping():
+    """A stopping criterion that raises instead of stopping (stopped rows would read as cut-off
+    answers), checked after each decode step."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    def interrupt(input_ids, scores, **kwargs):
+        if stop_requested():
+            raise GenerationInterrupted("stopped during generation")
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([interrupt])
+
+
+def _int8_linears(module):
+    """The module with its Linear layers on int8 weights, activations quantized per call. A decode
+    step on a small CPU is bound by reading the weights, so a quarter of the bytes halves the step;
+    the output head stays fp32 (quantized too, it cost a tenth of the checked answers on the
+    sample shop)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        # torch.ao's eager quantization is deprecated in favour of torchao, which has no fast
+        # int8 CPU kernel for this yet; the torch.ao path is still in torch and measured here.
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 _PREFIXES_KEPT = 4  # distinct prompt starts (one per template, in practice)
 
 
@@ -199,7 +269,9 @@ def make_chat_model(settings: Settings, generator_path: str | None = None) -> tu
     if generator_path is None:
         raise ConfigError("no generator: set WHYREC_GENERATOR or WHYREC_LLM_URL")
     adapter = str(settings.adapter) if settings.adapter else None
-    model = TransformersChatModel(model_path=generator_path, adapter_path=adapter, device=settings.resolved_device(), max_new_tokens=settings.max_new_tokens)
+    model = TransformersChatModel(
+        model_path=generator_path, adapter_path=adapter, device=settings.resolved_device(), max_new_tokens=settings.max_new_tokens, int8=settings.generator_int8
+    )
     return model, tuned_model_name(settings.generator, settings.adapter) if adapter else settings.generator
 
 

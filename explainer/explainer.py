@@ -14,6 +14,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
+from whyrec.explainer.backends import GenerationInterrupted
 from whyrec.explainer.cache import ExplanationCache, cache_key
 from whyrec.explainer.reasons import checked_template
 from whyrec.explainer.grounding import check_reason, cited_facts
@@ -134,6 +135,8 @@ class Explainer:
         inputs = [self.variables(t) for t in tables]
         try:
             first = self.chain.batch(inputs, config=config, return_exceptions=True)
+        except GenerationInterrupted:
+            raise  # the caller asked for it: nothing is recorded, the tables are still to do
         except Exception as exc:  # noqa: BLE001 - a backend whose batch raises instead of returning the error
             first = [exc] * len(tables)
         retry: list[int] = []
@@ -155,6 +158,8 @@ class Explainer:
         retry_inputs = [{**inputs[i], "previous": run.attempts[i][0].text or run.attempts[i][0].raw_output, "reason": _reason_phrase(run.attempts[i][0].reason)} for i in retry]
         try:
             second = self.retry_chain.batch(retry_inputs, config=config, return_exceptions=True)
+        except GenerationInterrupted:
+            raise  # the first round's checked texts are stored already
         except Exception as exc:  # noqa: BLE001 - as above
             second = [exc] * len(retry)
         with run.lock:

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from whyrec.background import BackgroundExplainer
-from whyrec.explainer import check_reason
+from whyrec.explainer import GenerationInterrupted, check_reason, stop_requested
 from whyrec.schema import fact_table_from_json
 
 
@@ -67,6 +67,33 @@ def test_a_shopper_on_the_page_waits_for_one_part_of_a_prewarm_job_not_for_the_w
     # job keeps its place ahead of the jobs queued after it.
     assert explained == ["w1", "w2", "p1", "p2", "p3", "w3", "w4", "w5", "l1"]
     assert background.stats.done == 3
+
+
+def test_a_shopper_on_the_page_stops_a_prewarm_batch_mid_generation_and_the_batch_is_written_after():
+    written, store, generating = [], set(), threading.Event()
+
+    def explain(tables):
+        # A generator that honours the stop between steps, as the in-process one does (its own
+        # test is in test_explainer.py); the pre-warm batch would run for 10 s uninterrupted.
+        for _ in range(100):
+            if stop_requested():
+                raise GenerationInterrupted("stopped")
+            generating.set()
+            time.sleep(0.1 if tables[0].startswith("w") else 0)
+        written.append(list(tables))
+        store.update(tables)
+
+    background = BackgroundExplainer(explain, lambda u: "s", lambda tables: [t for t in tables if t not in store], 8)
+    background.submit("warm", lambda: ["w1", "w2", "w3"])
+    assert generating.wait(5)
+    asked = time.monotonic()
+    background.submit("live", lambda: ["p1", "p2"], first=True)
+    while "p1" not in store:
+        assert time.monotonic() - asked < 2, "the live slate waited for the pre-warm batch"
+        time.sleep(0.01)
+    assert background.wait_idle(30)
+    assert written == [["p1", "p2"], ["w1", "w2", "w3"]]
+    assert background.stats.interrupted == 1 and background.stats.done == 2
 
 
 @pytest.fixture(scope="module")

@@ -237,6 +237,28 @@ def test_a_slates_shared_prompt_start_is_computed_once_and_the_answers_are_those
     assert prefilled < prompt_tokens - 2 * 100  # the instructions (100+ tokens) were computed once, not three times
 
 
+@pytest.mark.integration
+def test_the_in_process_generator_runs_on_int8_weights_on_a_cpu_and_stops_mid_batch_when_asked(slice_recommender, slice_catalog):
+    from whyrec.explainer import GenerationInterrupted, interruptible
+
+    explainer = slice_recommender.explainer
+    model = explainer.chat_model
+    assert model.quantized and explainer.model_key.endswith("+int8")  # its texts are stored apart from fp32 ones
+    tables = slice_recommender.rank(slice_catalog.users[3], 3).tables
+    conversations = [explainer.template.chat_prompt().format_messages(**explainer.variables(t)) for t in tables]
+    checks = []
+
+    def stop() -> bool:
+        checks.append(None)
+        return len(checks) > 5  # a few decode steps in
+
+    before = model.generations
+    with interruptible(stop), pytest.raises(GenerationInterrupted):
+        model.generate_texts(conversations)
+    assert len(checks) == 6 and model.generations == before  # stopped at once, nothing counted as written
+    assert all(model.generate_texts(conversations))  # outside the block it runs to the end
+
+
 def test_grounding_rejects_a_name_spliced_from_two_real_names():
     # Every word is in the facts, but no product is called "Oakline Clip Lamp".
     verdict = check_grounding("Because you bought the Oakline Clip Lamp, here is a Lumora lamp.", _table())

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
+from whyrec.explainer import GenerationInterrupted, interruptible
 from whyrec.schema import FactTable
 
 
@@ -37,6 +38,7 @@ class BackgroundStats:
     stale: int = 0  # dropped: the shopper's history changed since
     refused: int = 0  # the queue was full
     failed: int = 0
+    interrupted: int = 0  # parts stopped mid-generation for a shopper on the page
     explained: int = 0  # explanations generated (cache misses the jobs filled)
     last_lag_s: float = 0.0  # from queueing to the start of the last job
 
@@ -52,15 +54,17 @@ class BackgroundExplainer:
         state: Callable[[str], str],
         missing: Callable[[list[FactTable]], list[FactTable]],
         max_queued: int = 256,
-        part: int = 4,
+        part: int = 10,
     ):
         self._explain, self._state, self._missing = explain, state, missing
         self.max_queued = max_queued
-        # A pre-warm or next-slate job is written `part` tables at a time, and gives way between
-        # parts to a shopper who is on the page: they wait for one part, not for a whole slate.
+        # A pre-warm or next-slate job is written `part` tables at a time (a whole slate: one batch
+        # is cheaper per text than two), and gives way to a shopper who is on the page: between
+        # parts, and within one (an in-process generator stops at its next decode step).
         self.part = part
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
-        self._running: str | None = None
+        self._running: _Job | None = None
+        self._preempt = threading.Event()
         self._cond = threading.Condition()
         self._closed = False
         self.stats = BackgroundStats()
@@ -93,6 +97,8 @@ class BackgroundExplainer:
             self._jobs[user_id] = _Job(user_id, state, tables, first)
             if first:
                 self._jobs.move_to_end(user_id, last=False)
+                if self._running is not None and not self._running.first:
+                    self._preempt.set()
             self.stats.queued += 1
             self._cond.notify()
         return True
@@ -122,7 +128,8 @@ class BackgroundExplainer:
                 if self._closed:
                     return
                 _, job = self._jobs.popitem(last=False)
-                self._running = job.user_id
+                self._running = job
+                self._preempt.clear()
             try:
                 self._run(job)
             except Exception as exc:  # noqa: BLE001 - a failed job must not stop the worker
@@ -141,7 +148,15 @@ class BackgroundExplainer:
         todo = self._missing(job.tables())
         while todo:
             step = len(todo) if job.first else self.part
-            self._explain(todo[:step])
+            try:
+                with interruptible(self._preempt.is_set):
+                    self._explain(todo[:step])
+            except GenerationInterrupted:
+                self.stats.interrupted += 1
+                todo = self._missing(todo)  # the part's texts stored before the stop are done
+                if todo and self._gives_way(job, todo):
+                    return
+                continue
             self.stats.explained += len(todo[:step])
             todo = todo[step:]
             if todo and self._gives_way(job, todo):
