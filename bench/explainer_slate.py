@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    settings = Settings(data=args.data, adapter=args.adapter or "none", explanation_cache_size=0, generator_int8=False)  # fp32, as vLLM serves it: the texts are compared
+    settings = Settings(data=args.data, adapter=args.adapter or "none", explanation_cache_size=0)
     template = load_template(settings.prompt, settings.prompt_version)
     user, tables = slate_tables(settings, args.slate, args.seed)
     RESULTS.mkdir(exist_ok=True)

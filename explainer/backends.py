@@ -64,7 +64,6 @@ class TransformersChatModel(BaseChatModel):
     adapter_path: str | None = None  # a LoRA adapter from `whyrec explainer tune`, merged in at load
     device: str = "cpu"
     max_new_tokens: int = 60
-    int8: bool = False  # decoder layers on int8 weights (CPU only); the output head stays fp32
 
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
@@ -92,16 +91,9 @@ class TransformersChatModel(BaseChatModel):
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"cannot load the LoRA adapter from '{self.adapter_path}' ({exc})") from None
         self._model.eval()
-        if self.quantized:
-            self._model.model = _int8_linears(self._model.model)
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
-
-    @property
-    def quantized(self) -> bool:
-        """The weights are int8 (asked for, and on a CPU)."""
-        return self.int8 and self.device == "cpu"
 
     @property
     def generations(self) -> int:
@@ -114,7 +106,7 @@ class TransformersChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_path": self.model_path, "adapter_path": self.adapter_path, "max_new_tokens": self.max_new_tokens, "int8": self.quantized}
+        return {"model_path": self.model_path, "adapter_path": self.adapter_path, "max_new_tokens": self.max_new_tokens}
 
     def _prompt(self, messages: list[BaseMessage]) -> str:
         chat = [{"role": _ROLE.get(m.type, "user"), "content": m.content} for m in messages]
@@ -218,22 +210,6 @@ def _stopping():
     return StoppingCriteriaList([interrupt])
 
 
-def _int8_linears(module):
-    """The module with its Linear layers on int8 weights, activations quantized per call. A decode
-    step on a small CPU is bound by reading the weights, so a quarter of the bytes halves the step;
-    the output head stays fp32 (quantized too, it cost a tenth of the checked answers on the
-    sample shop)."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():
-        # torch.ao's eager quantization is deprecated in favour of torchao, which has no fast
-        # int8 CPU kernel for this yet; the torch.ao path is still in torch and measured here.
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
-
-
 _PREFIXES_KEPT = 4  # distinct prompt starts (one per template, in practice)
 
 
@@ -269,9 +245,7 @@ def make_chat_model(settings: Settings, generator_path: str | None = None) -> tu
     if generator_path is None:
         raise ConfigError("no generator: set WHYREC_GENERATOR or WHYREC_LLM_URL")
     adapter = str(settings.adapter) if settings.adapter else None
-    model = TransformersChatModel(
-        model_path=generator_path, adapter_path=adapter, device=settings.resolved_device(), max_new_tokens=settings.max_new_tokens, int8=settings.generator_int8
-    )
+    model = TransformersChatModel(model_path=generator_path, adapter_path=adapter, device=settings.resolved_device(), max_new_tokens=settings.max_new_tokens)
     return model, tuned_model_name(settings.generator, settings.adapter) if adapter else settings.generator
 
 

@@ -238,7 +238,7 @@ def demo(cache_dir, tmp_path_factory):
 MODEL_BADGE = "written by the model, checked against the facts"
 
 
-def test_the_demo_shows_checked_reasons_at_once_then_mostly_the_models_own_and_the_next_visit_at_once(demo, page):
+def test_the_demo_shows_checked_reasons_at_once_then_8_of_10_in_the_models_own_words_within_20s_and_the_next_visit_at_once(demo, page):
     from whyrec.config import Settings
     from whyrec.pipeline import load_data
 
@@ -250,15 +250,19 @@ def test_the_demo_shows_checked_reasons_at_once_then_mostly_the_models_own_and_t
     first = page.locator(".whyrec-card .whyrec-badge").all_inner_texts()
     assert all("on the way" in b or MODEL_BADGE in b for b in first), first
     _shot(page, "demo-first-page")
-    # The cards are updated in place while the page waits (up to the explain deadline); how fast the
-    # model's texts come is the page latency bench's to measure (bench/results/page_latency.md).
-    page.locator("#shop-chat").get_by_text("Every card now shows its reason").wait_for(timeout=SLOW)
+    # The cards are updated in place: within 20 s of the first request at least 8 of the 10 show the
+    # model's own checked words (the background explainer stops its pre-warm batch for this shopper).
+    left_ms = max(1, int((20 - (time.monotonic() - asked)) * 1000))
+    written = f"[...document.querySelectorAll('.whyrec-card .whyrec-badge')].filter(b => b.innerText.includes({json.dumps(MODEL_BADGE)})).length >= 8"
+    page.wait_for_function(written, timeout=left_ms)
     in_place = sum(MODEL_BADGE in b for b in page.locator(".whyrec-card .whyrec-badge").all_inner_texts())
+    print(f"demo: {in_place} of 10 reasons written by the model {time.monotonic() - asked:.1f}s after the first request")
     _shot(page, "demo-written")
+    page.locator("#shop-chat").get_by_text("Every card now shows its reason").wait_for(timeout=SLOW)
     while any(i["explanation"]["pending"] for i in json.load(urllib.request.urlopen(f"{demo}/api/shoppers/{user}/recommendations?k=10", timeout=60))["items"]):
         assert time.monotonic() - asked < SLOW / 1000, "the background explainer did not finish the shopper's slate"
         time.sleep(2)
-    print(f"demo: {in_place} of 10 reasons written by the model in place; the slate was written {time.monotonic() - asked:.0f}s after the first request")
+    print(f"demo: the slate was settled {time.monotonic() - asked:.0f}s after the first request")
 
     _ask_as(page, demo, user, "show me something")
     page.wait_for_function("document.querySelectorAll('.whyrec-card .whyrec-text').length == 10", timeout=60_000)

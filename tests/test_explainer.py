@@ -238,12 +238,11 @@ def test_a_slates_shared_prompt_start_is_computed_once_and_the_answers_are_those
 
 
 @pytest.mark.integration
-def test_the_in_process_generator_runs_on_int8_weights_on_a_cpu_and_stops_mid_batch_when_asked(slice_recommender, slice_catalog):
+def test_the_in_process_generator_stops_mid_batch_when_asked_and_runs_to_the_end_otherwise(slice_recommender, slice_catalog):
     from whyrec.explainer import GenerationInterrupted, interruptible
 
     explainer = slice_recommender.explainer
     model = explainer.chat_model
-    assert model.quantized and explainer.model_key.endswith("+int8")  # its texts are stored apart from fp32 ones
     tables = slice_recommender.rank(slice_catalog.users[3], 3).tables
     conversations = [explainer.template.chat_prompt().format_messages(**explainer.variables(t)) for t in tables]
     checks = []

@@ -44,8 +44,7 @@ def test_vllm_and_in_process_backends_give_the_same_greedy_answer(vllm_url, cach
     from whyrec.pipeline import build_explainer
 
     table = _tables(slice_recommender, slice_catalog.users[4], 1)[0]
-    # The base model in fp32, as the server serves it (the in-process default is int8 on a CPU).
-    local = build_explainer(Settings(cache_dir=cache_dir, adapter="none", explanation_cache_size=0, generator_int8=False))
+    local = build_explainer(Settings(cache_dir=cache_dir, adapter="none", explanation_cache_size=0))  # the base model, as the server serves it
     remote_model, name = make_chat_model(Settings(cache_dir=cache_dir, llm_url=vllm_url))
     remote = Explainer(remote_model, local.template, name)
     local_text = local.chain.invoke(local.variables(table))
@@ -75,7 +74,7 @@ def test_vllm_streams_a_single_explanation(vllm_url, cache_dir, slice_recommende
 
 
 def test_vllm_serves_the_lora_adapter_that_the_in_process_backend_merges(vllm_url, cache_dir, untrained_adapter, slice_recommender, slice_catalog):
-    settings = Settings(cache_dir=cache_dir, adapter=untrained_adapter, generator_int8=False)
+    settings = Settings(cache_dir=cache_dir, adapter=untrained_adapter)
     remote_model, remote_name = make_chat_model(settings.model_copy(update={"llm_url": vllm_url}))
     from whyrec.models import generator_path
 

@@ -29,7 +29,6 @@ class Settings(BaseSettings):
     llm_concurrency: int = Field(8, ge=1, description="Explanations generated at once for a slate.")
     max_new_tokens: int = Field(96, ge=8, le=512, description="Room for the structured answer (JSON text + fact ids) with long product names.")
 
-    generator_int8: bool = Field(True, description="On a CPU, the in-process generator's decoder layers run on int8 weights (dynamic quantization, after the adapter is merged): about twice as fast, since a 2-core box spends a decode step reading weights. Off = fp32 throughout. Ignored on CUDA and for a server.")
     adapter: Path | None = Field(None, description="LoRA adapter folder from `whyrec explainer tune`, loaded on the generator (in-process, or by `whyrec llm serve`).")
     explanation_cache_size: int = Field(4096, ge=0, description="Explanations kept in memory, keyed by shopper, facts, template version and model; 0 = no cache.")
 

@@ -17,7 +17,7 @@ from whyrec import models
 from whyrec.catalog import Catalog, EventKind, Interaction, Item, dedupe_keep_last, fingerprint, strongest_kind
 from whyrec.config import Settings
 from whyrec.errors import ConfigError, UnknownShopper, WhyrecError
-from whyrec.explainer import Explainer, PromptTemplateSpec, TransformersChatModel, build_fact_table, checked_template, cold_start_fact_table, load_template, make_chat_model
+from whyrec.explainer import Explainer, PromptTemplateSpec, build_fact_table, checked_template, cold_start_fact_table, load_template, make_chat_model
 from whyrec.explainer.cache import ExplanationCache
 from whyrec.loaders import load_catalog
 from whyrec.ranker import CrossEncoderRanker, TrainConfig, TrainReport, diversify, train_ranker
@@ -297,15 +297,15 @@ def build_explainer(settings: Settings, log: Log = stderr_log) -> Explainer:
     chat_model, model_name = make_chat_model(settings, generator)
     cache = ExplanationCache(settings.explanation_cache_size)
     return Explainer(chat_model, template, model_name, concurrency=settings.llm_concurrency, cache=cache, max_late=settings.llm_max_late,
-                     model_key=_model_key(model_name, settings.adapter, isinstance(chat_model, TransformersChatModel) and chat_model.quantized))
+                     model_key=_model_key(model_name, settings.adapter))
 
 
-def _model_key(model_name: str, adapter: Path | None, int8: bool = False) -> str:
-    """The model name with a digest of the adapter's weights (and int8 when the weights are): what
-    stored explanations are keyed on, since each of these writes its own texts."""
+def _model_key(model_name: str, adapter: Path | None) -> str:
+    """The model name with a digest of the adapter's weights: what stored explanations are keyed on."""
     weights = Path(adapter) / "adapter_model.safetensors" if adapter else None
-    key = model_name if weights is None or not weights.exists() else f"{model_name}@{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}"
-    return f"{key}+int8" if int8 else key
+    if weights is None or not weights.exists():
+        return model_name
+    return f"{model_name}@{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}"
 
 
 StageTimer = Callable[[str, float], None]
