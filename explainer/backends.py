@@ -35,9 +35,10 @@ class GenerationInterrupted(RuntimeError):
 @contextmanager
 def interruptible(stop: Callable[[], bool]) -> Iterator[None]:
     """In-process generation inside this block stops within one decode step once `stop()` is true,
-    raising GenerationInterrupted (so nothing half-written is kept). The background explainer
-    wraps its work in it, so that a shopper on the page does not wait for another shopper's
-    batch; a vLLM server runs both at once and is not interrupted."""
+    raising GenerationInterrupted (so nothing half-written is kept); `stop` is called between
+    decode steps and may block to pause generation. The background explainer wraps its work in
+    it, so that a shopper on the page does not wait for another shopper's batch; a vLLM server
+    runs both at once and is not interrupted."""
     token = _STOP.set(stop)
     try:
         yield

@@ -33,6 +33,8 @@ class ExplanationCache:
         self.store = store
         self._entries: OrderedDict[str, Explanation] = OrderedDict()
         self._lock = threading.Lock()
+        self._put = threading.Condition(self._lock)
+        self.puts = 0  # explanations stored so far
         self.hits = 0  # found in memory
         self.store_hits = 0  # found in the store (then kept in memory too)
         self.misses = 0
@@ -56,8 +58,19 @@ class ExplanationCache:
     def put(self, key: str, explanation: Explanation, item_id: str = "") -> None:
         with self._lock:
             self._remember(key, explanation)
+            self.puts += 1
+            self._put.notify_all()
         if self.store is not None:
             self.store.put(key, item_id, explanation.prompt_version, explanation.model, explanation)
+
+    def wait_for_put(self, seen: int, timeout_s: float) -> int:
+        """Until this cache has stored more than `seen` explanations, or `timeout_s` passes; the
+        count now. A page waiting for its texts wakes when one lands instead of polling (texts
+        written by another process are only seen in the store, so a waiter looks there after
+        each timeout)."""
+        with self._lock:
+            self._put.wait_for(lambda: self.puts > seen, max(0.0, timeout_s))
+            return self.puts
 
     def _remember(self, key: str, explanation: Explanation) -> None:
         if self.max_size <= 0:

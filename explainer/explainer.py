@@ -92,6 +92,10 @@ class Explainer:
         `count=False` for a poll that should not move the hit rate."""
         return [self.cache.get(cache_key(t, self.template.label, self.model_key), count) for t in tables]
 
+    def wait_for_stored(self, seen: int, timeout_s: float) -> int:
+        """Until more than `seen` explanations are stored here (0 at first), or `timeout_s` passes; the count now."""
+        return self.cache.wait_for_put(seen, timeout_s)
+
     def missing(self, tables: list[FactTable]) -> list[FactTable]:
         """The tables with nothing stored: the work left for the background explainer."""
         return [t for t, found in zip(tables, self.stored(tables)) if found is None]
@@ -135,10 +139,9 @@ class Explainer:
         inputs = [self.variables(t) for t in tables]
         try:
             first = self.chain.batch(inputs, config=config, return_exceptions=True)
-        except GenerationInterrupted:
-            raise  # the caller asked for it: nothing is recorded, the tables are still to do
         except Exception as exc:  # noqa: BLE001 - a backend whose batch raises instead of returning the error
             first = [exc] * len(tables)
+        _raise_if_interrupted(first)  # the caller asked for it: nothing is recorded, the tables are still to do
         retry: list[int] = []
         with run.lock:
             for i, raw in enumerate(first):
@@ -158,10 +161,9 @@ class Explainer:
         retry_inputs = [{**inputs[i], "previous": run.attempts[i][0].text or run.attempts[i][0].raw_output, "reason": _reason_phrase(run.attempts[i][0].reason)} for i in retry]
         try:
             second = self.retry_chain.batch(retry_inputs, config=config, return_exceptions=True)
-        except GenerationInterrupted:
-            raise  # the first round's checked texts are stored already
         except Exception as exc:  # noqa: BLE001 - as above
             second = [exc] * len(retry)
+        _raise_if_interrupted(second)  # the first round's checked texts are stored already
         with run.lock:
             for i, raw in zip(retry, second):
                 run.record(i, *self.judge(raw, tables[i]))
@@ -323,6 +325,13 @@ def prompt_variables(template: PromptTemplateSpec, table: FactTable) -> dict[str
 def render_prompt(template: PromptTemplateSpec, table: FactTable) -> list[tuple[str, str]]:
     """The generator's whole input for this table: equal renders mean equal behaviour."""
     return [(m.type, m.content) for m in template.chat_prompt().format_messages(**prompt_variables(template, table))]
+
+
+def _raise_if_interrupted(answers: list) -> None:
+    """LangChain hands back a batch's exceptions as answers; an interruption is not an answer."""
+    stopped = next((a for a in answers if isinstance(a, GenerationInterrupted)), None)
+    if stopped is not None:
+        raise stopped
 
 
 def _reason_phrase(reason: str) -> str:

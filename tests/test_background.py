@@ -96,6 +96,27 @@ def test_a_shopper_on_the_page_stops_a_prewarm_batch_mid_generation_and_the_batc
     assert background.stats.interrupted == 1 and background.stats.done == 2
 
 
+def test_background_generation_pauses_while_a_shoppers_page_is_being_ranked_and_then_goes_on():
+    steps = []
+
+    def explain(tables):
+        for _ in range(30):
+            stop_requested()  # the generator's check between decode steps: it waits while a page is made
+            steps.append(None)
+            time.sleep(0.01)
+
+    background = BackgroundExplainer(explain, lambda u: "s", lambda tables: tables, 8)
+    background.submit("warm", lambda: ["w1"])
+    while len(steps) < 3:
+        time.sleep(0.01)
+    with background.live():
+        paused_at = len(steps)
+        time.sleep(0.5)
+        assert len(steps) <= paused_at + 1  # at most the step already past its check
+    assert background.wait_idle(10)
+    assert len(steps) == 30 and background.stats.done == 1 and background.stats.interrupted == 0
+
+
 @pytest.fixture(scope="module")
 def shop(slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path_factory):
     """The API as `whyrec serve` runs it by default: pages do not wait for the model."""

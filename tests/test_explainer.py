@@ -238,24 +238,24 @@ def test_a_slates_shared_prompt_start_is_computed_once_and_the_answers_are_those
 
 
 @pytest.mark.integration
-def test_the_in_process_generator_stops_mid_batch_when_asked_and_runs_to_the_end_otherwise(slice_recommender, slice_catalog):
-    from whyrec.explainer import GenerationInterrupted, interruptible
+def test_a_slate_interrupted_mid_generation_stores_nothing_and_runs_to_the_end_outside_the_block(slice_recommender, slice_catalog):
+    from whyrec.explainer import Explainer, ExplanationCache, GenerationInterrupted, interruptible
 
-    explainer = slice_recommender.explainer
-    model = explainer.chat_model
+    shared = slice_recommender.explainer
+    explainer = Explainer(shared.chat_model, shared.template, shared.model_name, cache=ExplanationCache())  # nothing stored yet
     tables = slice_recommender.rank(slice_catalog.users[3], 3).tables
-    conversations = [explainer.template.chat_prompt().format_messages(**explainer.variables(t)) for t in tables]
     checks = []
 
     def stop() -> bool:
         checks.append(None)
         return len(checks) > 5  # a few decode steps in
 
-    before = model.generations
     with interruptible(stop), pytest.raises(GenerationInterrupted):
-        model.generate_texts(conversations)
-    assert len(checks) == 6 and model.generations == before  # stopped at once, nothing counted as written
-    assert all(model.generate_texts(conversations))  # outside the block it runs to the end
+        explainer.explain(tables)
+    assert len(checks) == 6  # stopped at the step it was asked to
+    assert explainer.missing(tables) == list(tables)  # no half-written answer was stored, not even as a template
+    explained = explainer.explain(tables)
+    assert all(e.attempts and e.attempts[0].raw_output for e in explained) and explainer.missing(tables) == []
 
 
 def test_grounding_rejects_a_name_spliced_from_two_real_names():

@@ -276,7 +276,9 @@ def build_shop(service: WhyrecService, settings: Settings) -> gr.Blocks:
                         b_up.click(_bind(control, FeedbackKind.HELPFUL, card.item_id), inputs, outputs)
                         b_down.click(_bind(control, FeedbackKind.NOT_HELPFUL, card.item_id), inputs, outputs)
 
-        ask.submit(respond, [ask, chat, shopper, view_state], [chat, view_state, history, ask])
+        # No progress overlay: the cards say what is on the way, and an animated overlay for the
+        # half minute a slate streams costs a slow machine a core.
+        ask.submit(respond, [ask, chat, shopper, view_state], [chat, view_state, history, ask], show_progress="hidden")
         shopper.change(lambda user: ([], None, history_md(user)), [shopper], [chat, view_state, history])
         shop.load(history_md, [shopper], [history])
     return shop

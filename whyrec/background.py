@@ -15,11 +15,15 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from whyrec.explainer import GenerationInterrupted, interruptible
 from whyrec.schema import FactTable
+
+
+PAUSE_MAX_S = 10.0
 
 
 @dataclass
@@ -65,6 +69,7 @@ class BackgroundExplainer:
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._running: _Job | None = None
         self._preempt = threading.Event()
+        self._live = 0  # pages being made now
         self._cond = threading.Condition()
         self._closed = False
         self.stats = BackgroundStats()
@@ -102,6 +107,27 @@ class BackgroundExplainer:
             self.stats.queued += 1
             self._cond.notify()
         return True
+
+    @contextmanager
+    def live(self) -> Iterator[None]:
+        """A shopper's page is being made (ranked): background generation pauses at its next
+        decode step until it is, so the page does not share the cores with another shopper's batch."""
+        with self._cond:
+            self._live += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._live -= 1
+                self._cond.notify_all()
+
+    def _should_stop(self) -> bool:
+        """The generator's check between decode steps: waits while pages are being made (at most
+        PAUSE_MAX_S, so a stuck request cannot stop the background), then True if a shopper on the
+        page waits for the generator."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._live == 0 or self._closed, timeout=PAUSE_MAX_S)
+        return self._preempt.is_set()
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Until nothing is queued or running (tests, batch runs); False on timeout."""
@@ -149,7 +175,7 @@ class BackgroundExplainer:
         while todo:
             step = len(todo) if job.first else self.part
             try:
-                with interruptible(self._preempt.is_set):
+                with interruptible(self._should_stop):
                     self._explain(todo[:step])
             except GenerationInterrupted:
                 self.stats.interrupted += 1

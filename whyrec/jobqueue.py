@@ -19,6 +19,7 @@ import math
 import sys
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -168,6 +169,10 @@ class JobQueue:
         return BackgroundStats(
             queued=self._queued, refused=self._refused, done=outcome("succeeded"), stale=outcome("cancelled", "aborted"), failed=outcome("failed")
         )
+
+    def live(self) -> AbstractContextManager[None]:
+        """Pages and the queue's workers run in different processes: nothing here to pause."""
+        return nullcontext()
 
     def close(self) -> None:
         self._app.close()

@@ -102,6 +102,7 @@ class WhyrecService:
         metrics.background_jobs.labels("stale").set_function(lambda: self.background.stats.stale)
         metrics.background_jobs.labels("refused").set_function(lambda: self.background.stats.refused)
         metrics.background_jobs.labels("failed").set_function(lambda: self.background.stats.failed)
+        metrics.background_jobs.labels("interrupted").set_function(lambda: self.background.stats.interrupted)
 
     @property
     def catalog(self):
@@ -112,7 +113,8 @@ class WhyrecService:
         A shopper the shop has never seen, or with every purchase excluded, gets popular and new items."""
         deadline = self._deadline()
         topic = topic_words(request)
-        slate = self._ranked(user_id, k, topic)
+        with self.background.live():
+            slate = self._ranked(user_id, k, topic)
         if self.recommender.settings.page_waits_for_model:
             return self._log(slate, self.recommender.explain_slate(slate, deadline=deadline))
         items = self.recommender.explain_slate(slate, wait=False)
@@ -181,7 +183,8 @@ class WhyrecService:
         explanation as soon as it has passed (or failed) its check, then the logged impression."""
         deadline = self._deadline()
         topic = topic_words(request)
-        slate = self._ranked(user_id, k, topic)
+        with self.background.live():
+            slate = self._ranked(user_id, k, topic)
         yield SlateRanked(slate, [self.catalog.items[r.item_id].title for r in slate.items])
         if not self.recommender.settings.page_waits_for_model:
             yield from self._stream_from_background(slate, deadline, k, topic)
@@ -200,12 +203,14 @@ class WhyrecService:
         """Every item at once (its stored text, or its checked template marked pending), then each
         model text as the background explainer stores it, until the deadline; then the log entry."""
         shown = self.recommender.explain_slate(slate, wait=False)
+        # Queued before the first yield: the consumer (the Shop view renders each event) sets the pace.
+        self._explain_later(slate, shown, k, topic)
         for position, item in enumerate(shown):
             yield ItemExplained(position, item)
-        self._explain_later(slate, shown, k, topic)
         waiting = [i for i, item in enumerate(shown) if item.explanation.pending]
+        seen = self.recommender.explainer.wait_for_stored(0, 0)
         while waiting and time.monotonic() < deadline:
-            time.sleep(0.1)
+            seen = self.recommender.explainer.wait_for_stored(seen, min(1.0, deadline - time.monotonic()))
             found = self.recommender.explainer.stored([slate.tables[i] for i in waiting], count=False)
             for position, explanation in zip(list(waiting), found):
                 if explanation is not None:
