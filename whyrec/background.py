@@ -180,8 +180,9 @@ class BackgroundExplainer:
             except GenerationInterrupted:
                 self.stats.interrupted += 1
                 todo = self._missing(todo)  # the part's texts stored before the stop are done
-                if todo and self._gives_way(job, todo):
+                if self._closed or (todo and self._gives_way(job, todo)):
                     return
+                self._preempt.clear()  # the live job it stopped for is no longer queued: go on
                 continue
             self.stats.explained += len(todo[:step])
             todo = todo[step:]
