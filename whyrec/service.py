@@ -208,7 +208,7 @@ class WhyrecService:
         for position, item in enumerate(shown):
             yield ItemExplained(position, item)
         waiting = [i for i, item in enumerate(shown) if item.explanation.pending]
-        seen = self.recommender.explainer.wait_for_stored(0, 0)
+        seen = 0  # texts stored so far: the first wait returns at once if any were
         while waiting and time.monotonic() < deadline:
             seen = self.recommender.explainer.wait_for_stored(seen, min(1.0, deadline - time.monotonic()))
             found = self.recommender.explainer.stored([slate.tables[i] for i in waiting], count=False)
