@@ -1,6 +1,7 @@
-"""Ranker scoring throughput: whyrec's CrossEncoderRanker.score_pairs against
-sentence_transformers.CrossEncoder.predict on the same checkpoint, the same (history, candidate)
-pairs, the same batch size and max length, in one run.
+"""Ranker scoring throughput: whyrec's CrossEncoderRanker.score_pairs (fp32, bf16 autocast where
+the CPU has bf16 units, and the int8 serving ranker) against sentence_transformers.CrossEncoder.predict
+on the same checkpoint, the same (history, candidate) pairs, the same batch size and max length, in
+one run; and how often int8 keeps fp32's top pick and top-10 for each shopper's candidates.
 
     python bench/ranker_throughput.py --data ../shared/data/amazon-office [--pairs 2000]
 
@@ -32,19 +33,31 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def pairs_for(settings: Settings, count: int, seed: int):
     catalog = load_data(settings)
-    retriever, ranker = load_models(settings, catalog)
+    retriever, ranker = load_models(settings, catalog, trainable=True)
     cases = leave_one_out(catalog).test
     random.Random(seed).shuffle(cases)
-    queries, docs, features = [], [], []
+    queries, docs, features, groups = [], [], [], []
     for case in cases:
         query = history_text([catalog.items[i] for i in case.history[-ranker.history_window :]])
-        for candidate in retriever.candidates(case.history, settings.candidates):
+        candidates = retriever.candidates(case.history, settings.candidates)
+        if len(queries) + len(candidates) > count:
+            break
+        groups.append((len(queries), len(candidates)))
+        for candidate in candidates:
             queries.append(query)
             docs.append(candidate_text(catalog.items[candidate.item_id]))
             features.append(candidate.features)
-        if len(queries) >= count:
-            break
-    return catalog, ranker, queries[:count], docs[:count], np.array(features[:count], dtype=np.float32)
+    return catalog, ranker, queries, docs, np.array(features, dtype=np.float32), groups
+
+
+def agreement(exact: np.ndarray, fast: np.ndarray, groups: list[tuple[int, int]], k: int = 10) -> dict:
+    """Per shopper's candidates: the same top pick, and the share of fp32's top k that stays in the top k."""
+    top1, topk = [], []
+    for start, size in groups:
+        a, b = exact[start : start + size], fast[start : start + size]
+        top1.append(int(np.argmax(a) == np.argmax(b)))
+        topk.append(len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / min(k, size))
+    return {"shoppers": len(groups), "same_top1": round(float(np.mean(top1)), 4), f"top{k}_overlap": round(float(np.mean(topk)), 4)}
 
 
 def timed(fn, repeats: int) -> tuple[float, np.ndarray]:
@@ -71,7 +84,7 @@ def main() -> None:
     from sentence_transformers import CrossEncoder
 
     settings = Settings(data=args.data, auto_train=False)
-    catalog, ranker, queries, docs, features = pairs_for(settings, args.pairs, args.seed)
+    catalog, ranker, queries, docs, features, groups = pairs_for(settings, args.pairs, args.seed)
     ranker.batch_size = args.batch_size
     folder = ranker_folder(settings, catalog)
     baseline = CrossEncoder(str(folder), num_labels=1, max_length=ranker.max_length, device=ranker.device)
@@ -93,6 +106,11 @@ def main() -> None:
         runs["whyrec CrossEncoderRanker.score_pairs (bf16 autocast)"] = seconds
     else:
         bf16_scores = fp32_scores
+    import copy
+
+    int8 = copy.deepcopy(ranker).for_serving("int8")
+    seconds, int8_scores = timed(lambda: int8.score_pairs(queries, docs, features), args.repeats)
+    runs["whyrec CrossEncoderRanker.score_pairs (int8, the CPU serving default)"] = seconds
 
     result = {
         "data": catalog.name,
@@ -107,6 +125,8 @@ def main() -> None:
         # Same model, same pairs: whyrec's cross-encoder part must give the baseline's logits.
         "max_abs_logit_difference_fp32": float(np.abs((fp32_scores - feature_part) - base_scores).max()),
         "max_abs_logit_difference_bf16": float(np.abs((bf16_scores - feature_part) - base_scores).max()),
+        "max_abs_logit_difference_int8": float(np.abs((int8_scores - feature_part) - base_scores).max()),
+        "int8_vs_fp32_order": agreement(fp32_scores, int8_scores, groups),
         "command": f"python bench/ranker_throughput.py --data {args.data} --pairs {args.pairs}",
         "note": args.note,
     }
@@ -123,7 +143,9 @@ def main() -> None:
         *[f"| {name} | {value} |" for name, value in result["pairs_per_second"].items()],
         "",
         f"Largest logit difference to CrossEncoder.predict: fp32 {result['max_abs_logit_difference_fp32']:.2g}, "
-        f"bf16 {result['max_abs_logit_difference_bf16']:.2g}.",
+        f"bf16 {result['max_abs_logit_difference_bf16']:.2g}, int8 {result['max_abs_logit_difference_int8']:.2g}.",
+        f"int8 against fp32 on {result['int8_vs_fp32_order']['shoppers']} shoppers' candidates: same top pick "
+        f"{result['int8_vs_fp32_order']['same_top1']:.3f}, top-10 overlap {result['int8_vs_fp32_order']['top10_overlap']:.3f}.",
         "",
         f"Command: `{result['command']}`",
         *([f"Note: {args.note}"] if args.note else []),

@@ -87,6 +87,8 @@ def train_on_feedback(
     metadata: dict | None = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> FeedbackReport:
+    if ranker.int8:
+        raise ValueError("the ranker was loaded for serving (int8) and cannot be fine-tuned: load it with load_models(..., trainable=True)")
     started = time.time()
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)

@@ -14,18 +14,17 @@ def test_training_reports_validation_ndcg_per_epoch_and_saves_the_best(slice_tra
     assert (Path(report.checkpoint) / CHECKPOINT_META).exists()
 
 
-def test_the_retrieval_order_checkpoint_scores_candidates_as_retrieval_does(slice_catalog, slice_retriever, slice_ranker, tmp_path):
+def test_the_retrieval_order_checkpoint_scores_candidates_as_retrieval_does(slice_catalog, slice_retriever, slice_training, tmp_path):
     from whyrec.ranker.model import FEATURE_SCALE
     from whyrec.ranker.train import _save_retrieval_order
 
-    import copy
-
     import torch
 
-    model = copy.deepcopy(slice_ranker.model)
+    trained = CrossEncoderRanker.load(Path(slice_training.ranker.checkpoint))
+    model = trained.model
     with torch.no_grad():
         model.classifier.weight.fill_(0.01)  # a live text head, whatever the slice training kept
-    fresh = CrossEncoderRanker(model, slice_ranker.tokenizer, feature_names=slice_ranker.feature_names,
+    fresh = CrossEncoderRanker(model, trained.tokenizer, feature_names=trained.feature_names,
                                feature_weights=(slice_retriever.weights.vector() * FEATURE_SCALE).tolist())
     _save_retrieval_order(fresh, tmp_path / "epoch0", {"best_epoch": 0})
     kept = CrossEncoderRanker.load(tmp_path / "epoch0")
@@ -47,13 +46,43 @@ def test_a_saved_checkpoint_is_reused_not_retrained(slice_settings, slice_catalo
     assert meta.stat().st_mtime_ns == before
 
 
-def test_checkpoint_scores_match_the_trained_model(slice_training, slice_ranker, slice_catalog):
+def test_checkpoint_scores_match_the_trained_model(slice_training, slice_catalog):
+    first = CrossEncoderRanker.load(Path(slice_training.ranker.checkpoint))
     reloaded = CrossEncoderRanker.load(Path(slice_training.ranker.checkpoint))
     items = list(slice_catalog.items.values())
     retrieval = np.array([[0.9, 1.0, 2.0], [0.7, 0.0, 1.5], [0.5, 0.0, 1.0], [0.3, 2.0, 0.5], [0.1, 0.0, 0.0]])
-    a = slice_ranker.score(items[:3], items[3:8], retrieval)
+    a = first.score(items[:3], items[3:8], retrieval)
     b = reloaded.score(items[:3], items[3:8], retrieval)
-    assert abs(a - b).max() < 0.05  # bf16 on some CPUs; fp32 elsewhere
+    assert abs(a - b).max() < 1e-5
+
+
+def test_the_int8_serving_ranker_keeps_the_full_precision_order(slice_training, slice_catalog, slice_retriever, slice_ranker):
+    full = CrossEncoderRanker.load(Path(slice_training.ranker.checkpoint)).for_serving("fp32")
+    assert slice_ranker.int8  # what the service loads on a CPU by default
+    agree, compared = 0, 0
+    for user in slice_catalog.users[:20]:
+        history = [slice_catalog.items[i] for i in slice_catalog.sequence(user)]
+        candidates = slice_retriever.candidates(slice_catalog.sequence(user), 20)
+        features = np.array([c.features for c in candidates], dtype=np.float32)
+        docs = [slice_catalog.items[c.item_id] for c in candidates]
+        exact, fast = full.score(history, docs, features), slice_ranker.score(history, docs, features)
+        assert abs(exact - fast).max() < 0.15
+        agree += int(np.argmax(exact) == np.argmax(fast))
+        compared += 1
+    assert agree >= compared - 2  # the top pick moves only on near ties
+
+
+def test_an_int8_ranker_refuses_to_be_saved_or_fine_tuned(slice_training, slice_catalog, slice_retriever, tmp_path):
+    import pytest
+
+    from whyrec.ranker.feedback import train_on_feedback
+
+    ranker = CrossEncoderRanker.load(Path(slice_training.ranker.checkpoint)).for_serving("int8")
+    with pytest.raises(ValueError, match="cannot be saved"):
+        ranker.save(tmp_path / "ranker", {})
+    with pytest.raises(ValueError, match="cannot be fine-tuned"):
+        train_on_feedback(ranker, slice_catalog, [], slice_retriever, None)
+    assert not (tmp_path / "ranker").exists()
 
 
 def _ranked_for(user, catalog, retriever, ranker, k=3):
@@ -76,7 +105,7 @@ def test_removing_the_top_attributed_history_item_lowers_the_items_score(slice_c
         history, ranked = _ranked_for(user, slice_catalog, slice_retriever, slice_ranker, k=1)
         top = ranked[0]
         best = top.top_attribution
-        if len(history) < 2 or best.contribution < 0.05:  # too small to tell from bf16 noise
+        if len(history) < 2 or best.contribution < 0.1:  # too small to tell from int8 noise
             continue
         item = slice_catalog.items[top.item_id]
         kept = [i for i in history if i != best.history_item_id]
@@ -84,7 +113,7 @@ def test_removing_the_top_attributed_history_item_lowers_the_items_score(slice_c
         full = slice_ranker.score([slice_catalog.items[i] for i in history], [item], features[:1])[0]
         without = slice_ranker.score([slice_catalog.items[i] for i in kept], [item], features[1:])[0]
         assert without < full
-        assert abs((full - without) - best.contribution) < 0.05  # the attribution is that drop
+        assert abs((full - without) - best.contribution) < 0.1  # the attribution is that drop
         checked += 1
     assert checked >= 5
 

@@ -194,8 +194,9 @@ def build_retriever(settings: Settings, catalog: Catalog, embedding: EmbeddingRe
     return FusedRetriever(embedding, cooccurrence, sequence, FusionWeights(**sequence.metadata["fusion_weights"]), follows)
 
 
-def load_models(settings: Settings, catalog: Catalog, log: Log = stderr_log) -> tuple[FusedRetriever, CrossEncoderRanker]:
-    """The candidate stage and the ranker for this data; trains them first when allowed and missing."""
+def load_models(settings: Settings, catalog: Catalog, log: Log = stderr_log, trainable: bool = False) -> tuple[FusedRetriever, CrossEncoderRanker]:
+    """The candidate stage and the ranker for this data; trains them first when allowed and missing.
+    The ranker is set up for serving (`WHYREC_RANKER_PRECISION`) unless it is to be `trainable`."""
     embedding = embedding_retriever(settings, catalog, log=log)
     if not (ranker_folder(settings, catalog).exists() and sequence_folder(settings, catalog).exists()):
         if not settings.auto_train:
@@ -205,7 +206,8 @@ def load_models(settings: Settings, catalog: Catalog, log: Log = stderr_log) -> 
     # Missing models are trained above (auto_train); a damaged file is an error, not a silent
     # retrain: `whyrec train` rebuilds it on purpose.
     try:
-        return build_retriever(settings, catalog, embedding), CrossEncoderRanker.load(ranker_folder(settings, catalog), settings.resolved_device(settings.ranker_device))
+        ranker = CrossEncoderRanker.load(ranker_folder(settings, catalog), settings.resolved_device(settings.ranker_device))
+        return build_retriever(settings, catalog, embedding), ranker if trainable else ranker.for_serving(settings.ranker_precision)
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("`whyrec train --data DIR`", f"`whyrec train --data {data_folder(settings)}`")) from None
 
@@ -243,7 +245,7 @@ def train_from_feedback(
         raise WhyrecError(f"no usable slates: {len(slates)} settled slate(s) in the impression log, {len(slates) - len(known)} naming items not in {catalog.name}")
     held = set(sorted({s.user_id for s in known})[held_out_every - 1 :: held_out_every]) if held_out_every > 0 else set()
     train_slates, held_out = [s for s in known if s.user_id not in held], [s for s in known if s.user_id in held]
-    retriever, ranker = load_models(settings, catalog, log=log)
+    retriever, ranker = load_models(settings, catalog, log=log, trainable=True)
     folder = ranker_folder(settings, catalog)
     previous = json.loads((folder / CHECKPOINT_META).read_text())
     before = engaged_above_skipped(ranker, catalog, held_out, retriever)
