@@ -103,12 +103,18 @@ class CrossEncoderRanker:
         # own precision in for_serving; on AVX512-BF16 without AMX bf16 scoring was slower than fp32).
         self.use_bf16 = (torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16())
         self.int8 = False
+        self.reads_text = True  # False: a serving ranker whose text head is zero skips the encoder
 
     def for_serving(self, precision: Precision = "auto") -> "CrossEncoderRanker":
         """This ranker set up to score, not to train: `precision` as `serving_precision` resolves it.
         int8 replaces the encoder's Linear layers with dynamically quantized ones (CPU only); such a
         ranker can no longer be trained or saved, so training code loads the checkpoint itself."""
         chosen = serving_precision(precision, self.device)
+        # A checkpoint that kept the retrieval order (no trained epoch beat it, see ranker.train) has
+        # its text head zeroed: the encoder's reading is multiplied by 0, so serving need not run it.
+        head = getattr(self.model, "classifier", None)
+        if isinstance(head, torch.nn.Linear) and not any(bool(p.any()) for p in head.parameters()):
+            self.reads_text = False
         if chosen == "int8" and self.device != "cpu":
             raise ConfigError(f"ranker precision int8 runs on the CPU only, not on {self.device}: set WHYREC_RANKER_PRECISION to auto, bf16 or fp32")
         self.use_bf16 = chosen == "bf16"
@@ -187,6 +193,8 @@ class CrossEncoderRanker:
     def score_pairs(self, queries: list[str], docs: list[str], features: np.ndarray) -> np.ndarray:
         self.model.eval()
         features = np.asarray(features, dtype=np.float32).reshape(len(queries), len(self.feature_names))
+        if not self.reads_text:
+            return features @ self.feature_weights.detach().cpu().numpy()
         # Batches of similar length waste little compute on padding; scores go back in input order.
         order = np.argsort([len(q) + len(d) for q, d in zip(queries, docs)], kind="stable")
         scores = np.zeros(len(queries), dtype=np.float32)

@@ -28,12 +28,17 @@ def test_the_retrieval_order_checkpoint_scores_candidates_as_retrieval_does(slic
                                feature_weights=(slice_retriever.weights.vector() * FEATURE_SCALE).tolist())
     _save_retrieval_order(fresh, tmp_path / "epoch0", {"best_epoch": 0})
     kept = CrossEncoderRanker.load(tmp_path / "epoch0")
+    # Served, it skips the encoder whose reading the zero head would multiply away, and scores the same.
+    served = CrossEncoderRanker.load(tmp_path / "epoch0").for_serving("int8")
+    assert kept.reads_text and not served.reads_text
     for user in slice_catalog.users[:3]:
         history = slice_catalog.sequence(user)
         candidates = slice_retriever.candidates(history, 20)
         features = np.array([c.features for c in candidates], dtype=np.float32)
-        scores = kept.score([slice_catalog.items[i] for i in history], [slice_catalog.items[c.item_id] for c in candidates], features)
+        args = ([slice_catalog.items[i] for i in history], [slice_catalog.items[c.item_id] for c in candidates], features)
+        scores = kept.score(*args)
         assert np.allclose(scores, FEATURE_SCALE * np.array([c.score for c in candidates]), atol=0.05)
+        assert np.allclose(served.score(*args), scores, atol=1e-4)
     assert bool((fresh.model.classifier.weight == 0.01).all())  # the live ranker's head is left as it was
 
 
