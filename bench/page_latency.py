@@ -43,13 +43,12 @@ def metric(base: str, name: str) -> float:
 
 
 def wait_background(base: str, timeout_s: float) -> float:
+    """Until no job waits or runs (a job popped from the queue still writes for up to half a minute)."""
     started = time.time()
     while time.time() - started < timeout_s:
-        if metric(base, "whyrec_background_queue_depth") == 0:
-            time.sleep(2)  # the running job finishes after the queue empties
-            if metric(base, "whyrec_background_queue_depth") == 0:
-                return time.time() - started
-        time.sleep(2)
+        if metric(base, "whyrec_background_queue_depth") == 0 and metric(base, "whyrec_background_running") == 0:
+            return time.time() - started
+        time.sleep(1)
     raise SystemExit(f"the background explainer did not finish within {timeout_s:.0f}s")
 
 

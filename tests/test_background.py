@@ -39,12 +39,12 @@ def test_one_job_per_shopper_the_newest_wins_and_a_full_queue_refuses_new_shoppe
     background.submit("busy", lambda: ["busy"])
     time.sleep(0.2)
     assert background.submit("u1", lambda: ["old"]) and background.submit("u1", lambda: ["new"])
-    assert background.depth == 1
+    assert background.depth == 1 and background.running == 1  # waiting, and the one being written
     assert background.submit("u2", lambda: ["u2"])
     assert not background.submit("u3", lambda: ["u3"]) and background.stats.refused == 1
     block.set()
     assert background.wait_idle(10)
-    assert explained == ["busy", "new", "u2"]
+    assert explained == ["busy", "new", "u2"] and background.running == 0
 
 
 def test_a_shopper_on_the_page_waits_for_one_part_of_a_prewarm_job_not_for_the_whole_slate():

@@ -82,6 +82,12 @@ class BackgroundExplainer:
             return len(self._jobs)
 
     @property
+    def running(self) -> int:
+        """Jobs running now: 0 or 1 (one worker thread)."""
+        with self._cond:
+            return int(self._running is not None)
+
+    @property
     def lag_s(self) -> float:
         """How long the oldest queued job has waited (0 with none)."""
         with self._cond:

@@ -153,6 +153,12 @@ class JobQueue:
         return math.nan if isinstance(waiting, float) else waiting["depth"]
 
     @property
+    def running(self) -> float:
+        """Jobs the workers are running now (NaN while the database does not answer)."""
+        counts = self._read("outcomes", lambda: next(iter(self._app.job_manager.list_queues(queue=QUEUE, task=TASK)), {}))
+        return math.nan if isinstance(counts, float) else counts.get("doing", 0)
+
+    @property
     def lag_s(self) -> float:
         """How long the oldest waiting job has waited (0 with none)."""
         waiting = self._read("waiting", self._waiting)

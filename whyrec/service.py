@@ -97,6 +97,7 @@ class WhyrecService:
                 lambda tables: recommender.explainer.explain(tables), self._state, recommender.explainer.missing, settings.background_queue
             )
         metrics.background_depth.set_function(lambda: self.background.depth)
+        metrics.background_running.set_function(lambda: self.background.running)
         metrics.background_lag.set_function(lambda: self.background.lag_s)
         metrics.background_jobs.labels("done").set_function(lambda: self.background.stats.done)
         metrics.background_jobs.labels("stale").set_function(lambda: self.background.stats.stale)

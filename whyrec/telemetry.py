@@ -31,6 +31,7 @@ class ServiceMetrics:
         )
         self.explanation_hit_rate = Gauge("whyrec_explanation_hit_rate", "Share of explanation lookups found in memory or in the store.", registry=self.registry)
         self.background_depth = Gauge("whyrec_background_queue_depth", "Shoppers waiting for the background explainer.", registry=self.registry)
+        self.background_running = Gauge("whyrec_background_running", "Background explainer jobs running now (depth counts those still waiting).", registry=self.registry)
         self.background_lag = Gauge("whyrec_background_lag_seconds", "How long the oldest queued background job has waited.", registry=self.registry)
         self.background_jobs = Gauge("whyrec_background_jobs", "Background explainer jobs since start: done, stale (history changed), refused (queue full), failed, interrupted (a batch stopped for a shopper on the page, and finished later).", ["result"], registry=self.registry)
         self.feedback = Counter("whyrec_feedback", "Feedback received, by kind.", ["kind"], registry=self.registry)
