@@ -4,10 +4,25 @@
 # (e.g. -m "not integration" for the fast part).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-bash scripts/setup-vllm.sh
-bash scripts/setup-recbole.sh
-bash scripts/setup-system.sh
+# The four set-ups touch separate folders (.venv, .venv-vllm, .venv-recbole, Debian's packages) and
+# mostly wait on unpacking: side by side they take about as long as the longest one alone.
+logs=$(mktemp -d)
+pids=()
+for step in setup setup-vllm setup-recbole setup-system; do
+  bash "scripts/$step.sh" >"$logs/$step.log" 2>&1 &
+  pids+=("$!:$step")
+done
+failed=0
+for entry in "${pids[@]}"; do
+  if ! wait "${entry%%:*}"; then
+    echo "scripts/${entry#*:}.sh failed:" >&2
+    tail -n 40 "$logs/${entry#*:}.log" >&2
+    failed=1
+  fi
+done
+[ "$failed" -eq 0 ] || exit 1
+grep -hv "^WARNING: Location" "$logs"/*.log >&2 || true
+rm -rf "$logs"
 export OMP_WAIT_POLICY=PASSIVE GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1
 export WHYREC_VLLM_PYTHON="$PWD/.venv-vllm/bin/python" WHYREC_REQUIRE_VLLM=1
 export WHYREC_RECBOLE_PYTHON="$PWD/.venv-recbole/bin/python" WHYREC_REQUIRE_RECBOLE=1
