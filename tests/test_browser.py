@@ -238,7 +238,10 @@ def demo(cache_dir, tmp_path_factory):
 MODEL_BADGE = "written by the model, checked against the facts"
 
 
-def test_the_demo_shows_checked_reasons_at_once_then_8_of_10_in_the_models_own_words_in_place_and_the_next_visit_at_once(demo, page):
+WRITTEN_WITHIN_S = 20.0  # the goal for a shopper the background explainer had not reached
+
+
+def test_the_demo_shows_checked_reasons_at_once_then_8_of_10_in_the_models_own_words_within_20s_in_place_and_the_next_visit_at_once(demo, page):
     from whyrec.config import Settings
     from whyrec.pipeline import load_data
 
@@ -251,11 +254,10 @@ def test_the_demo_shows_checked_reasons_at_once_then_8_of_10_in_the_models_own_w
     first = page.locator(".whyrec-card .whyrec-badge").all_inner_texts()
     assert all("on the way" in b or MODEL_BADGE in b for b in first), first
     _shot(page, "demo-first-page")
-    # The cards are updated in place: within the explain deadline at least 8 of the 10 show the
+    # The cards are updated in place: within 20 s of the request at least 8 of the 10 show the
     # model's own checked words (the background explainer stops its pre-warm batch for this
-    # shopper). The goal is 20 s; on 2 cores shared with this browser it takes 19-23 s
-    # (README, "Page latency"), so the test holds the page to the deadline and prints the time.
-    left_ms = max(1, int((Settings().explain_deadline_s - (time.monotonic() - asked)) * 1000))
+    # shopper; over the API it takes 13-14 s on 2 cores, README "Page latency").
+    left_ms = max(1, int((WRITTEN_WITHIN_S - (time.monotonic() - asked)) * 1000))
     written = f"[...document.querySelectorAll('.whyrec-card .whyrec-badge')].filter(b => b.innerText.includes({json.dumps(MODEL_BADGE)})).length >= 8"
     page.wait_for_function(written, timeout=left_ms)
     in_place = sum(MODEL_BADGE in b for b in page.locator(".whyrec-card .whyrec-badge").all_inner_texts())
