@@ -11,7 +11,7 @@ background explainer) on the bundled sample shop or --data, measured from a load
 4. a fresh shopper the background had not reached: the share of its slate written by the model
    20 s after its first request, and when the whole slate was settled.
 
-Writes bench/results/page_latency.{json,md}.
+Writes bench/results/page_latency.{json,md} (`--name` another stem).
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--warm-rounds", type=int, default=3)
     parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--name", default="page_latency", help="results file stem under bench/results/")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="whyrec-page-"))
@@ -147,7 +148,7 @@ def main() -> None:
         "fresh_shopper": fresh, "explanation_hit_rate": hit_rate, "server_rss_mb": round(rss_kb / 1024),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "page_latency.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     lines = [
         f"# Page latency without waiting for the model ({report['data']}, slate of {args.k})", "",
         f"`{report['command']}` — {report['machine']}, model {model}, server RSS {report['server_rss_mb']} MB", "",
@@ -159,7 +160,7 @@ def main() -> None:
     lines += ["", f"Background explainer finished {background_s:.0f} s after the last cold page; explanation hit rate {hit_rate:.3f}.",
               f"Fresh shopper: first page {fresh['first_page_s']:.2f} s with {fresh['pending_on_first_page']} pending; model share at 20 s {fresh['model_share_at_20s']:.2f}; "
               f"settled after {fresh['settled_after_s'] if fresh['settled_after_s'] is not None else 'n/a'} s with model share {fresh['settled_model_share']:.2f}."]
-    (RESULTS / "page_latency.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
