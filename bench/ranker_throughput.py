@@ -127,7 +127,7 @@ def main() -> None:
         "max_abs_logit_difference_bf16": float(np.abs((bf16_scores - feature_part) - base_scores).max()),
         "max_abs_logit_difference_int8": float(np.abs((int8_scores - feature_part) - base_scores).max()),
         "int8_vs_fp32_order": agreement(fp32_scores, int8_scores, groups),
-        "command": f"python bench/ranker_throughput.py --data {args.data} --pairs {args.pairs}",
+        "command": f"python bench/ranker_throughput.py --data {args.data} --pairs {args.pairs} --repeats {args.repeats}",
         "note": args.note,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
