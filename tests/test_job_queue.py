@@ -183,6 +183,7 @@ def test_every_replica_reports_the_whole_queue_and_a_full_queue_refuses(cluster)
     assert cluster.before["depth"] == [4, 4]  # both, replaced (the new one), stale, dead (the new one)
     assert all(lag > 0.1 for lag in cluster.before["lag_s"])
     assert "whyrec_background_queue_depth 4.0" in cluster.before["metrics"]
+    assert "whyrec_background_running 1.0" in cluster.before["metrics"]  # the job a dead worker left doing
     assert cluster.before["full_queue_takes_a_new_shopper"] is False and cluster.before["full_queue_refused"] == 1
     assert cluster.after["depth"] == [0, 0]
     stats = cluster.after["stats"]

@@ -152,10 +152,14 @@ class JobQueue:
         waiting = self._read("waiting", self._waiting)
         return math.nan if isinstance(waiting, float) else waiting["depth"]
 
+    def _counts(self) -> dict | float:
+        """Jobs by status (todo, doing, succeeded, ...), kept for the last day; NaN while the database does not answer."""
+        return self._read("outcomes", lambda: next(iter(self._app.job_manager.list_queues(queue=QUEUE, task=TASK)), {}))
+
     @property
     def running(self) -> float:
         """Jobs the workers are running now (NaN while the database does not answer)."""
-        counts = self._read("outcomes", lambda: next(iter(self._app.job_manager.list_queues(queue=QUEUE, task=TASK)), {}))
+        counts = self._counts()
         return math.nan if isinstance(counts, float) else counts.get("doing", 0)
 
     @property
@@ -167,7 +171,7 @@ class JobQueue:
     @property
     def stats(self) -> BackgroundStats:
         """This replica's queued and refused jobs; the whole queue's outcomes (of the last day)."""
-        counts = self._read("outcomes", lambda: next(iter(self._app.job_manager.list_queues(queue=QUEUE, task=TASK)), {}))
+        counts = self._counts()
 
         def outcome(*statuses: str) -> float:
             return math.nan if isinstance(counts, float) else sum(counts.get(s, 0) for s in statuses)

@@ -26,8 +26,9 @@ def bound_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 
     glibc gives threads that allocate at once arenas of their own, up to 8 per core, and keeps their
     freed pages: with request threads, the background explainer and torch all allocating, a
-    `whyrec serve` under a steady load grew by 1.8 GB before it levelled off (bench/results/soak.md).
-    The server and the worker call it first, before their threads start. False where this is not glibc."""
+    `whyrec serve` under the soak's load grew by 1.8 GB before it levelled off (the run before this
+    cap, README "Load"). The server and the worker call it before their models load and their
+    threads start. False where this is not glibc."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
     try:
