@@ -26,15 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from whyrec.catalog import strongest_kind
-from whyrec.config import Settings
+from whyrec.core.catalog import strongest_kind
+from whyrec.core.config import Settings
+from whyrec.core.schema import Attribution, RankedItem
 from whyrec.explainer import Explainer, build_fact_table, load_template, make_chat_model
 from whyrec.explainer.facts import shared_category_name
 from whyrec.explainer.serve import wait_until_ready
 from whyrec.explainer.tuning import is_held_out
-from whyrec.models import generator_path
 from whyrec.pipeline import load_data
-from whyrec.schema import Attribution, RankedItem
+from whyrec.pipeline.models import generator_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args()
-    from whyrec.config import Settings
+    from whyrec.core.config import Settings
     from whyrec.pipeline import load_data
 
     user = load_data(Settings()).users[-1]  # the pre-warm takes the first 12

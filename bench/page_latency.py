@@ -101,7 +101,7 @@ def main() -> None:
         command += ["--data", str(data)]
         users = list(json.loads(next(data.glob("*.inter.json")).read_text()))
     else:
-        from whyrec.config import Settings
+        from whyrec.core.config import Settings
         from whyrec.pipeline import load_data
 
         users = load_data(Settings()).users

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from whyrec.config import Settings
+from whyrec.core.config import Settings
+from whyrec.core.split import leave_one_out
 from whyrec.pipeline import load_data, load_models, ranker_folder
 from whyrec.ranker.model import candidate_text, history_text
-from whyrec.split import leave_one_out
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -30,7 +30,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e_latency import RESULTS, amazon_slice, free_port, percentile, start_stack, wait_for  # noqa: E402
+from e2e_latency import (  # noqa: E402
+    RESULTS,
+    amazon_slice,
+    free_port,
+    percentile,
+    start_stack,
+    wait_for,
+)
 
 
 def rss_mib(pid: int) -> float:

@@ -27,4 +27,6 @@ export OMP_WAIT_POLICY=PASSIVE GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1
 export WHYREC_VLLM_PYTHON="$PWD/.venv-vllm/bin/python" WHYREC_REQUIRE_VLLM=1
 export WHYREC_RECBOLE_PYTHON="$PWD/.venv-recbole/bin/python" WHYREC_REQUIRE_RECBOLE=1
 export WHYREC_REQUIRE_BROWSER=1 WHYREC_REQUIRE_POSTGRES=1
+# The layers of docs/architecture.md are a contract: an import across them fails the run here.
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest "$@"

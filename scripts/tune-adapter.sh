@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the LoRA adapter that ships inside the package (explainer/adapters/), on the training
+# Train the LoRA adapter that ships inside the package (whyrec/explainer/adapters/), on the training
 # shoppers of two shops: the Amazon Office set and the bundled sample shop. Amazon Scientific is
 # left out on purpose: it is the shop the adapter has never seen, where it is measured.
 # Fixed seed; the shops' data fingerprints and the training loss land in whyrec_adapter.json.
@@ -12,4 +12,4 @@ DATA="${WHYREC_SHARED_DATA:-../shared/data}"
 exec .venv/bin/whyrec explainer tune \
   --data "$DATA/amazon-office" --data whyrec/sample_data \
   --examples 480 --rank 8 --seed 0 --eval-users 0 \
-  --out explainer/adapters/smollm2-135m-instruct/lora-shopper.v4 "$@"
+  --out whyrec/explainer/adapters/smollm2-135m-instruct/lora-shopper.v4 "$@"

@@ -45,7 +45,7 @@ def office_slice(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def slice_settings(office_slice, cache_dir):
-    from whyrec.config import Settings
+    from whyrec.core.config import Settings
 
     # The tests written for served slates that wait for the model (deadlines, faults, the support
     # console) keep that mode; tests/test_background.py covers pages that do not wait.
@@ -105,8 +105,8 @@ def untrained_adapter(cache_dir, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from whyrec.config import Settings
-    from whyrec.models import generator_path
+    from whyrec.core.config import Settings
+    from whyrec.pipeline.models import generator_path
 
     model = AutoModelForCausalLM.from_pretrained(generator_path(Settings(cache_dir=cache_dir)))
     lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
@@ -134,7 +134,7 @@ class VllmServer:
     def start(self) -> None:
         import subprocess
 
-        from whyrec.errors import ConfigError
+        from whyrec.core.errors import ConfigError
         from whyrec.explainer.serve import wait_until_ready
 
         with open(self.log, "a") as out:
@@ -161,7 +161,7 @@ class VllmServer:
 def vllm_server(cache_dir, tmp_path_factory, untrained_adapter):
     """One vLLM server for the session (each start costs 30-60 s on a CPU box). Skipped when no
     Python with vLLM is found, unless WHYREC_REQUIRE_VLLM=1 (as in scripts/test.sh and CI)."""
-    from whyrec.errors import ConfigError
+    from whyrec.core.errors import ConfigError
     from whyrec.explainer.serve import find_vllm_python
 
     try:

@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from whyrec.explainer.facts import short_title
-from whyrec.passwords import hash_password
+from whyrec.service.passwords import hash_password
 
 pytestmark = pytest.mark.integration
 STAFF = ("agent", "correct horse")
@@ -14,11 +14,11 @@ STAFF = ("agent", "correct horse")
 
 @pytest.fixture(scope="module")
 def client(slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path_factory):
-    from whyrec.api import create_app
     from whyrec.pipeline import Recommender, build_explainer
-    from whyrec.service import WhyrecService
-    from whyrec.store import Store
-    from whyrec.telemetry import ServiceMetrics
+    from whyrec.service.api import create_app
+    from whyrec.service.service import WhyrecService
+    from whyrec.service.store import Store
+    from whyrec.service.telemetry import ServiceMetrics
 
     settings = slice_settings.model_copy(update={
         "max_new_tokens": 40,  # short answers keep CPU generation quick; the behaviour under test does not depend on length

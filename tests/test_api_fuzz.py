@@ -10,7 +10,7 @@ import socket
 import pytest
 import schemathesis
 
-from whyrec.passwords import hash_password
+from whyrec.service.passwords import hash_password
 
 pytestmark = pytest.mark.integration
 STAFF = ("agent", "correct horse")
@@ -25,11 +25,11 @@ def _closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def fuzz_app(slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path_factory):
-    from whyrec.api import create_app
     from whyrec.pipeline import Recommender, build_explainer
-    from whyrec.service import WhyrecService
-    from whyrec.store import Store
-    from whyrec.telemetry import ServiceMetrics
+    from whyrec.service.api import create_app
+    from whyrec.service.service import WhyrecService
+    from whyrec.service.store import Store
+    from whyrec.service.telemetry import ServiceMetrics
 
     settings = slice_settings.model_copy(update={
         # The fuzz tests the HTTP contract, not the wording: the generator is a real OpenAI client

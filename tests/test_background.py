@@ -7,9 +7,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from whyrec.background import BackgroundExplainer
+from whyrec.core.schema import fact_table_from_json
 from whyrec.explainer import GenerationInterrupted, check_reason, stop_requested
-from whyrec.schema import fact_table_from_json
+from whyrec.service.background import BackgroundExplainer
 
 
 def _explainer(state, explained, block=None, max_queued=8):
@@ -120,11 +120,11 @@ def test_background_generation_pauses_while_a_shoppers_page_is_being_ranked_and_
 @pytest.fixture(scope="module")
 def shop(slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path_factory):
     """The API as `whyrec serve` runs it by default: pages do not wait for the model."""
-    from whyrec.api import create_app
     from whyrec.pipeline import Recommender, build_explainer
-    from whyrec.service import WhyrecService
-    from whyrec.store import Store
-    from whyrec.telemetry import ServiceMetrics
+    from whyrec.service.api import create_app
+    from whyrec.service.service import WhyrecService
+    from whyrec.service.store import Store
+    from whyrec.service.telemetry import ServiceMetrics
 
     settings = slice_settings.model_copy(update={
         "page_waits_for_model": False, "max_new_tokens": 60, "shop_k": 2,  # the next slate an event queues

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from whyrec.catalog import Catalog, EventKind, Interaction
-from whyrec.errors import ConfigError, DataError
+from whyrec.core.catalog import Catalog, EventKind, Interaction
+from whyrec.core.errors import ConfigError
 from whyrec.explainer.grounding import check_grounding
 from whyrec.explainer.templates import parse_template
-from whyrec.passwords import hash_password
 from whyrec.retrieval.popularity import PopularItems
+from whyrec.service.passwords import hash_password
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = (REPO / "prompts" / "shopper.v2.yaml").read_text()
@@ -77,11 +77,11 @@ def test_new_items_are_those_first_seen_in_the_last_30_days_of_the_data():
 
 @pytest.fixture(scope="module")
 def app_parts(slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path_factory):
-    from whyrec.api import create_app
     from whyrec.pipeline import Recommender, build_explainer
-    from whyrec.service import WhyrecService
-    from whyrec.store import Store
-    from whyrec.telemetry import ServiceMetrics
+    from whyrec.service.api import create_app
+    from whyrec.service.service import WhyrecService
+    from whyrec.service.store import Store
+    from whyrec.service.telemetry import ServiceMetrics
 
     settings = slice_settings.model_copy(update={
         "max_new_tokens": 40,
@@ -122,7 +122,7 @@ def _assert_cold_start_slate(client, body, excluded=()):
 
 
 def _grounded(text, fact_table):
-    from whyrec.schema import fact_table_from_json
+    from whyrec.core.schema import fact_table_from_json
 
     return check_grounding(text, fact_table_from_json(fact_table, "the logged fact table")).passed
 
@@ -267,7 +267,7 @@ def test_a_100k_event_history_ranks_like_the_same_items_seen_once(slice_settings
 
 
 def test_a_100k_item_sequence_loads_whole(tmp_path):
-    from whyrec.loaders import load_catalog
+    from whyrec.core.loaders import load_catalog
 
     (tmp_path / "Big.item.json").write_text(json.dumps({str(i): {"title": f"Item {i}"} for i in range(1000)}))
     (tmp_path / "Big.inter.json").write_text(json.dumps({"u1": [i % 1000 for i in range(100_000)], "u2": [1, 2]}))

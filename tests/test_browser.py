@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from whyrec.core.schema import FactKind
 from whyrec.explainer import check_grounding, checked_template
-from whyrec.passwords import hash_password
-from whyrec.schema import FactKind
+from whyrec.service.passwords import hash_password
 
 pytestmark = pytest.mark.integration
 
@@ -242,7 +242,7 @@ WRITTEN_WITHIN_S = 20.0  # the goal for a shopper the background explainer had n
 
 
 def test_the_demo_shows_checked_reasons_at_once_then_8_of_10_in_the_models_own_words_within_20s_in_place_and_the_next_visit_at_once(demo, page):
-    from whyrec.config import Settings
+    from whyrec.core.config import Settings
     from whyrec.pipeline import load_data
 
     # The pre-warm takes the shop's first 12 shoppers: this one the background had not reached.

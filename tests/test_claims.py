@@ -8,12 +8,19 @@ import sys
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from whyrec.catalog import EventKind, Item
-from whyrec.explainer import build_fact_table, check_grounding, checked_template, load_template, one_fact_sentence, template_sentence
+from whyrec.core.catalog import EventKind, Item
+from whyrec.core.schema import Attribution, Evidence, FactKind, RankedItem
+from whyrec.explainer import (
+    build_fact_table,
+    check_grounding,
+    checked_template,
+    load_template,
+    one_fact_sentence,
+    template_sentence,
+)
 from whyrec.explainer.explainer import Explainer
 from whyrec.explainer.grounding import is_bare, missing_reason
 from whyrec.explainer.parsing import ExplanationParser
-from whyrec.schema import Attribution, Evidence, FactKind, RankedItem
 
 SOCKS = Item("socks", "Stridewell Merino Running Socks", "Stridewell", ("Outdoors", "Running", "Running Socks"), price=14.0, attributes={"color": "grey"})
 BOTTLE = Item("bottle", "Trailhead Insulated Water Bottle", "Trailhead", ("Outdoors", "Hydration", "Water Bottles"))
@@ -313,7 +320,7 @@ def test_text_and_texts_are_one_or_the_other(fact_file):
 
 
 def test_a_brand_written_with_its_apostrophe_is_the_brand_fact_even_where_a_use_fact_spells_it_without():
-    from whyrec.schema import Fact, FactKind, FactTable
+    from whyrec.core.schema import Fact, FactKind, FactTable
 
     pen = dict(item_id="ink", history_item_id="pen")
     table = FactTable("u", "ink", (
@@ -331,7 +338,7 @@ def test_a_brand_written_with_its_apostrophe_is_the_brand_fact_even_where_a_use_
 
 
 def test_the_shoppers_own_verb_after_a_title_other_shoppers_looked_at_must_be_their_recorded_event():
-    from whyrec.schema import Fact, FactKind, FactTable
+    from whyrec.core.schema import Fact, FactKind, FactTable
 
     pair = dict(item_id="lamp", history_item_id="bottle")
     table = FactTable("u", "lamp", (

@@ -13,12 +13,12 @@ import pytest
 import sqlalchemy
 from fastapi.testclient import TestClient
 
-from whyrec.catalog import EventKind
-from whyrec.store import Store
+from whyrec.core.catalog import EventKind
+from whyrec.service.store import Store
 
 pytestmark = pytest.mark.integration
 
-# A process that writes to the store through whyrec.store, as a second API process would.
+# A process that writes to the store through whyrec.service.store, as a second API process would.
 # argv: database URL, writer name, rounds, items per impression[, round to stop in]. Prints one line
 # per committed round. With a round to stop in, it prints "inside" once that round's impression row is
 # written and its items are about to be, and waits there, inside the open transaction, to be killed:
@@ -27,9 +27,9 @@ WRITER = r"""
 import sys
 import time
 from sqlalchemy import event
-from whyrec.catalog import EventKind
-from whyrec.schema import Explanation, ExplanationSource, Fact, FactKind, FactTable, RankedItem, RecommendedItem
-from whyrec.store import FeedbackKind, Store
+from whyrec.core.catalog import EventKind
+from whyrec.core.schema import Explanation, ExplanationSource, Fact, FactKind, FactTable, RankedItem, RecommendedItem
+from whyrec.service.store import FeedbackKind, Store
 
 url, name, rounds, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 store = Store(url)
@@ -121,10 +121,10 @@ def test_a_writer_killed_mid_transaction_leaves_no_partial_impression(tmp_path):
 
 @pytest.fixture(scope="module")
 def client(slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path_factory):
-    from whyrec.api import create_app
     from whyrec.pipeline import Recommender, build_explainer
-    from whyrec.service import WhyrecService
-    from whyrec.telemetry import ServiceMetrics
+    from whyrec.service.api import create_app
+    from whyrec.service.service import WhyrecService
+    from whyrec.service.telemetry import ServiceMetrics
 
     path = tmp_path_factory.mktemp("concurrent-store") / "whyrec.sqlite3"
     # Short answers: what is under test is where the records go, not the text.

@@ -1,6 +1,6 @@
 import numpy as np
 
-from whyrec.evaluation import evaluate, rank_in
+from whyrec.offline.evaluation import evaluate, rank_in
 from whyrec.retrieval.cooccurrence import CooccurrenceRetriever
 
 

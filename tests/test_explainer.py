@@ -4,14 +4,22 @@ from pathlib import Path
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from whyrec.catalog import EventKind, Item
-from whyrec.errors import ConfigError
-from whyrec.explainer import build_fact_table, check_grounding, load_template, template_sentence
+from whyrec.core.catalog import EventKind, Item
+from whyrec.core.errors import ConfigError
+from whyrec.core.schema import Attribution, FactKind, RankedItem
+from whyrec.explainer import (
+    build_fact_table,
+    check_grounding,
+    load_template,
+    template_sentence,
+)
 from whyrec.explainer.facts import description_phrase
-from whyrec.explainer.grounding_eval import evaluate_grounding_check, load_labelled_sentences
+from whyrec.explainer.grounding_eval import (
+    evaluate_grounding_check,
+    load_labelled_sentences,
+)
 from whyrec.explainer.parsing import ExplanationParser
 from whyrec.explainer.templates import parse_template
-from whyrec.schema import Attribution, FactKind, RankedItem
 
 LAMP = Item("lamp", "Lumora LED Desk Lamp, Warm White", "Lumora", ("Office", "Lighting", "Desk Lamps"), "A dimmable lamp for desks. Second sentence.", 39.0, {"color": "white"})
 STAND = Item("stand", "Oakline Monitor Stand", "Oakline", ("Office", "Desk Setup", "Monitor Stands"))
@@ -49,8 +57,8 @@ def test_a_focused_prompt_shows_the_one_history_item_tied_to_the_item_and_what_t
 
 
 def test_a_focused_prompt_tells_what_other_shoppers_bought_rather_than_also_what_they_looked_at():
+    from whyrec.core.schema import Evidence
     from whyrec.explainer.explainer import prompt_variables
-    from whyrec.schema import Evidence
 
     ranked = RankedItem("lamp", 2, 0.7, 3.1, ("old",), (Attribution("old", 0.8, 12),), candidates_scored=50)
     table = build_fact_table("u1", LAMP, ranked, [(OLD_LAMP, EventKind.PURCHASE)], [Evidence("old", "lamp", bought_after=3, viewed_after=7)])
@@ -239,7 +247,12 @@ def test_a_slates_shared_prompt_start_is_computed_once_and_the_answers_are_those
 
 @pytest.mark.integration
 def test_a_slate_interrupted_mid_generation_stores_nothing_and_runs_to_the_end_outside_the_block(slice_recommender, slice_catalog):
-    from whyrec.explainer import Explainer, ExplanationCache, GenerationInterrupted, interruptible
+    from whyrec.explainer import (
+        Explainer,
+        ExplanationCache,
+        GenerationInterrupted,
+        interruptible,
+    )
 
     shared = slice_recommender.explainer
     explainer = Explainer(shared.chat_model, shared.template, shared.model_name, cache=ExplanationCache())  # nothing stored yet

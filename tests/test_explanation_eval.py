@@ -3,14 +3,24 @@ from pathlib import Path
 
 import pytest
 
-from whyrec.errors import ConfigError
+from whyrec.core.errors import ConfigError
+from whyrec.core.schema import (
+    Explanation,
+    ExplanationSource,
+    Fact,
+    FactKind,
+    FactTable,
+    FallbackReason,
+)
 from whyrec.explainer import check_grounding, template_sentence
 from whyrec.explainer.cache import ExplanationCache, cache_key
 from whyrec.explainer.evaluation import explanation_metrics, unique_sentence_ratio
-from whyrec.explainer.reference_eval import bleu4, load_reference_cases, reference_fact_table, rouge_l
-from whyrec.schema import Explanation, ExplanationSource, Fact, FactKind, FactTable, FallbackReason
-
-
+from whyrec.explainer.reference_eval import (
+    bleu4,
+    load_reference_cases,
+    reference_fact_table,
+    rouge_l,
+)
 
 CASES = Path(__file__).resolve().parent / "data" / "reference_cases.jsonl"
 
@@ -23,7 +33,7 @@ def test_unique_sentence_ratio_counts_repeated_sentences_once():
 def test_metrics_separate_raw_from_shown_grounding_and_count_fallbacks():
     table = reference_fact_table(load_reference_cases(CASES)[0])
     text, facts = template_sentence(table)
-    from whyrec.schema import Attempt
+    from whyrec.core.schema import Attempt
 
     failed = Attempt("It is waterproof.", "It is waterproof.", False, "not in the facts: waterproof")
     good = Attempt("x", "Because you bought the Swingline Classic Desk Stapler, here are Swingline Staples.", True, "ok")
@@ -102,7 +112,7 @@ def test_the_cache_drops_the_least_recently_used_entry_when_full():
 def test_a_generator_that_is_down_gives_the_template_sentence_and_says_why():
     import socket
 
-    from whyrec.config import Settings
+    from whyrec.core.config import Settings
     from whyrec.explainer import Explainer, load_template, make_chat_model
 
     with socket.socket() as s:  # a port nothing listens on: the server is really down
@@ -147,7 +157,10 @@ def test_metrics_count_the_claims_of_shown_texts_and_any_that_no_fact_supports()
 
 
 def test_the_check_is_scored_per_class_on_all_sentences_and_on_the_half_written_before_the_rules():
-    from whyrec.explainer.grounding_eval import evaluate_grounding_check, load_labelled_sentences
+    from whyrec.explainer.grounding_eval import (
+        evaluate_grounding_check,
+        load_labelled_sentences,
+    )
 
     report = evaluate_grounding_check(load_labelled_sentences())
     assert report["by_class"]["splice_brand"]["rejected"] == 1.0

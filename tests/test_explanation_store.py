@@ -3,10 +3,18 @@ template and model, shared by shoppers with the same evidence, by replicas and a
 
 from sqlalchemy import create_engine
 
-from whyrec.catalog import EventKind
+from whyrec.core.catalog import EventKind
+from whyrec.core.schema import (
+    Attempt,
+    Explanation,
+    ExplanationSource,
+    Fact,
+    FactKind,
+    FactTable,
+    FallbackReason,
+)
 from whyrec.explainer import ExplanationCache, ExplanationStore
 from whyrec.explainer.cache import cache_key
-from whyrec.schema import Attempt, Explanation, ExplanationSource, Fact, FactKind, FactTable, FallbackReason
 
 
 def _table(user: str, count: int = 3) -> FactTable:

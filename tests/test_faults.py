@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from whyrec.passwords import hash_password
+from whyrec.service.passwords import hash_password
 
 pytestmark = pytest.mark.integration
 STAFF = ("agent", "correct horse")
@@ -77,10 +77,10 @@ def _completion(content: str) -> bytes:
 
 
 def _client(settings, catalog, retriever, ranker, store):
-    from whyrec.api import create_app
     from whyrec.pipeline import Recommender, build_explainer
-    from whyrec.service import WhyrecService
-    from whyrec.telemetry import ServiceMetrics
+    from whyrec.service.api import create_app
+    from whyrec.service.service import WhyrecService
+    from whyrec.service.telemetry import ServiceMetrics
 
     recommender = Recommender(settings, catalog, retriever, ranker, build_explainer(settings))
     return TestClient(create_app(WhyrecService(recommender, store, ServiceMetrics()), settings))
@@ -115,7 +115,7 @@ def fake_llm():
 
 
 def test_a_slow_llm_server_gets_template_explanations_within_the_deadline_and_counted(fake_llm, slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path):
-    from whyrec.store import Store
+    from whyrec.service.store import Store
 
     fake_llm.mode, fake_llm.delay_s = "slow", 60.0  # answers long after the deadline (and the client timeout stays longer)
     settings = _settings(slice_settings, tmp_path, llm_url=fake_llm.url, llm_model="fake", llm_timeout_s=120.0, explain_deadline_s=2.0)
@@ -137,7 +137,7 @@ def test_a_slow_llm_server_gets_template_explanations_within_the_deadline_and_co
 
 
 def test_a_server_still_late_is_not_asked_again_until_it_catches_up(fake_llm, slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path):
-    from whyrec.store import Store
+    from whyrec.service.store import Store
 
     fake_llm.mode, fake_llm.delay_s = "slow", 6.0
     settings = _settings(slice_settings, tmp_path, llm_url=fake_llm.url, llm_model="fake", explain_deadline_s=3.0, llm_max_late=1)
@@ -167,7 +167,7 @@ def test_a_server_still_late_is_not_asked_again_until_it_catches_up(fake_llm, sl
 
 @pytest.mark.parametrize("mode", ["html", "noise"])
 def test_an_llm_server_answering_garbage_gets_template_explanations_marked_unparseable(mode, fake_llm, slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path):
-    from whyrec.store import Store
+    from whyrec.service.store import Store
 
     fake_llm.mode = mode  # html: a body that is not a chat completion; noise: a completion with no sentence in it
     settings = _settings(slice_settings, tmp_path, llm_url=fake_llm.url, llm_model="fake", explain_deadline_s=20.0)
@@ -188,8 +188,8 @@ def test_an_llm_server_answering_garbage_gets_template_explanations_marked_unpar
 
 
 def test_a_stopped_vllm_server_gets_template_explanations_and_its_return_is_picked_up_without_a_restart(vllm_server, slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path):
-    from whyrec.config import DEFAULT_GENERATOR
-    from whyrec.store import Store
+    from whyrec.core.config import DEFAULT_GENERATOR
+    from whyrec.service.store import Store
 
     settings = _settings(slice_settings, tmp_path, llm_url=vllm_server.ensure_running(), explain_deadline_s=120.0, max_new_tokens=24)
     user = slice_catalog.users[22]
@@ -242,7 +242,7 @@ def _count(url, table):
 
 
 def test_with_the_database_unavailable_slates_are_served_writes_queued_and_all_written_when_it_returns(fake_llm, slice_settings, slice_catalog, slice_retriever, slice_ranker, slice_recommender, tmp_path):
-    from whyrec.store import Store
+    from whyrec.service.store import Store
 
     fake_llm.mode = "noise"  # instant answers: the explanations are not what this test is about
     folder = tmp_path / "db"
@@ -290,8 +290,8 @@ def test_with_the_database_unavailable_slates_are_served_writes_queued_and_all_w
 
 
 def test_writes_queued_while_the_database_is_unavailable_survive_a_restart(tmp_path):
-    from whyrec.catalog import EventKind
-    from whyrec.store import Store
+    from whyrec.core.catalog import EventKind
+    from whyrec.service.store import Store
 
     folder = tmp_path / "db"
     url = f"sqlite:///{folder / 'whyrec.sqlite3'}"
@@ -311,8 +311,8 @@ def test_writes_queued_while_the_database_is_unavailable_survive_a_restart(tmp_p
 
 
 def test_two_processes_sharing_a_database_keep_separate_spools_and_a_later_start_writes_both(tmp_path):
-    from whyrec.catalog import EventKind
-    from whyrec.store import Store
+    from whyrec.core.catalog import EventKind
+    from whyrec.service.store import Store
 
     folder = tmp_path / "db"
     url = f"sqlite:///{folder / 'whyrec.sqlite3'}"
@@ -359,7 +359,7 @@ def _embeddings_file(settings):
 
 
 def _load_error(settings, catalog):
-    from whyrec.errors import ConfigError
+    from whyrec.core.errors import ConfigError
     from whyrec.pipeline import load_models
 
     with pytest.raises(ConfigError) as error:

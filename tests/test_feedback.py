@@ -3,9 +3,13 @@ from pathlib import Path
 
 import pytest
 
+from whyrec.core.schema import ShownSlate
 from whyrec.ranker import CrossEncoderRanker
-from whyrec.ranker.feedback import FeedbackConfig, engaged_above_skipped, train_on_feedback
-from whyrec.schema import ShownSlate
+from whyrec.ranker.feedback import (
+    FeedbackConfig,
+    engaged_above_skipped,
+    train_on_feedback,
+)
 
 
 def _slates(catalog, retriever, users, liked_category):

@@ -12,10 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from whyrec.catalog import EventKind
+from whyrec.core.catalog import EventKind
+from whyrec.core.schema import (
+    Explanation,
+    ExplanationSource,
+    FactTable,
+    RankedItem,
+    RecommendedItem,
+)
 from whyrec.ranker.model import CHECKPOINT_META
-from whyrec.schema import Explanation, ExplanationSource, FactTable, RankedItem, RecommendedItem
-from whyrec.store import Store
+from whyrec.service.store import Store
 
 WHYREC = [sys.executable, "-m", "whyrec.cli"]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from whyrec.errors import ConfigError
+from whyrec.core.errors import ConfigError
 from whyrec.retrieval import index as index_module
 from whyrec.retrieval.index import ItemIndex
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import pytest
 import sqlalchemy
 
-from whyrec.catalog import EventKind
-from whyrec.config import Settings
-from whyrec.errors import ConfigError
+from whyrec.core.catalog import EventKind
+from whyrec.core.config import Settings
+from whyrec.core.errors import ConfigError
 from whyrec.explainer.cache import cache_key
-from whyrec.jobqueue import TASK, JobQueue, SlateJob
-from whyrec.store import FeedbackKind, Store
+from whyrec.service.jobqueue import TASK, JobQueue, SlateJob
+from whyrec.service.store import FeedbackKind, Store
 
 pytestmark = pytest.mark.integration
 
@@ -83,8 +83,8 @@ def _keys(service, items) -> set[str]:
 @pytest.fixture(scope="module")
 def cluster(postgres_url, slice_settings, slice_catalog, slice_retriever, slice_ranker, office_slice, cache_dir, tmp_path_factory):
     from whyrec.pipeline import Recommender, build_explainer
-    from whyrec.service import WhyrecService
-    from whyrec.telemetry import ServiceMetrics
+    from whyrec.service.service import WhyrecService
+    from whyrec.service.telemetry import ServiceMetrics
 
     url = _create_database(postgres_url, "whyrec_job_queue")
     settings = slice_settings.model_copy(update={

@@ -1,13 +1,13 @@
 import json
 
 import pytest
-
 from conftest import OFFICE, SCIENTIFIC
-from whyrec.catalog import EventKind
-from whyrec.errors import DataError
-from whyrec.loaders import load_catalog
+
+from whyrec.core.catalog import EventKind
+from whyrec.core.config import Settings
+from whyrec.core.errors import DataError
+from whyrec.core.loaders import load_catalog
 from whyrec.pipeline import data_folder
-from whyrec.config import Settings
 
 
 def test_amazon_office_loads_every_item_user_and_interaction():

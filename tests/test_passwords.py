@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from whyrec.passwords import hash_password, verify_password
+from whyrec.service.passwords import hash_password, verify_password
 
 
 def test_a_hashed_password_verifies_and_a_wrong_one_does_not():

@@ -12,13 +12,19 @@ from pathlib import Path
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from whyrec.catalog import Catalog, EventKind, Item
-from whyrec.errors import DataError
-from whyrec.explainer import build_fact_table, check_reason, checked_template, cold_start_fact_table, template_sentence
+from whyrec.core.catalog import Catalog, EventKind, Item
+from whyrec.core.errors import DataError
+from whyrec.core.loaders import load_catalog
+from whyrec.core.schema import Attribution, Evidence, FactKind, RankedItem
+from whyrec.explainer import (
+    build_fact_table,
+    check_reason,
+    checked_template,
+    cold_start_fact_table,
+    template_sentence,
+)
 from whyrec.explainer.grounding import CONNECTIVES, check_grounding
-from whyrec.loaders import load_catalog
 from whyrec.retrieval.popularity import PopularItems
-from whyrec.schema import Attribution, Evidence, FactKind, RankedItem
 
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

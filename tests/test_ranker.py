@@ -15,10 +15,10 @@ def test_training_reports_validation_ndcg_per_epoch_and_saves_the_best(slice_tra
 
 
 def test_the_retrieval_order_checkpoint_scores_candidates_as_retrieval_does(slice_catalog, slice_retriever, slice_training, tmp_path):
+    import torch
+
     from whyrec.ranker.model import FEATURE_SCALE
     from whyrec.ranker.train import _save_retrieval_order
-
-    import torch
 
     trained = CrossEncoderRanker.load(Path(slice_training.ranker.checkpoint))
     model = trained.model
@@ -126,10 +126,10 @@ def test_removing_the_top_attributed_history_item_lowers_the_items_score(slice_c
 def test_a_training_deadline_stops_the_ranker_epochs_in_time_and_keeps_the_best_checkpoint(slice_settings, slice_catalog, slice_retriever, tmp_path):
     import time
 
-    from whyrec import models
+    from whyrec.core.split import leave_one_out
+    from whyrec.pipeline import models
     from whyrec.ranker import TrainConfig, train_ranker
     from whyrec.ranker.model import FEATURE_SCALE
-    from whyrec.split import leave_one_out
 
     ranker = CrossEncoderRanker.from_base(
         models.encoder_path(slice_settings), feature_names=slice_retriever.feature_names,

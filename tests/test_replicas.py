@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from whyrec.passwords import hash_password
+from whyrec.service.passwords import hash_password
 
 pytestmark = pytest.mark.integration
 STAFF = ("agent", "replica pass")

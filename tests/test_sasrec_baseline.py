@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from whyrec.catalog import Catalog, Interaction, Item
-from whyrec.errors import ConfigError, WhyrecError
-from whyrec.sasrec_baseline import SasrecRun, find_recbole_python, start_sasrec
-from whyrec.split import leave_one_out
+from whyrec.core.catalog import Catalog, Interaction, Item
+from whyrec.core.errors import ConfigError, WhyrecError
+from whyrec.core.split import leave_one_out
+from whyrec.offline.sasrec_baseline import SasrecRun, find_recbole_python, start_sasrec
 
 N_ITEMS = 60
 

@@ -4,8 +4,8 @@ PostgreSQL as the shared store: tests/test_durability.py.)"""
 
 import pytest
 
-from whyrec.config import Settings
-from whyrec.errors import ConfigError
+from whyrec.core.config import Settings
+from whyrec.core.errors import ConfigError
 from whyrec.explainer.serve import vllm_command
 
 

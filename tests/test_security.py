@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.routing import Mount
 
-from whyrec.accounts import Role, load_accounts, parse_accounts
-from whyrec.errors import ConfigError
-from whyrec.passwords import hash_password
-from whyrec.ratelimit import RateLimiter
+from whyrec.core.errors import ConfigError
+from whyrec.service.accounts import Role, load_accounts, parse_accounts
+from whyrec.service.passwords import hash_password
+from whyrec.service.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.integration
 
@@ -176,10 +176,10 @@ def test_the_single_staff_account_of_older_setups_is_an_admin_with_every_role(sl
 
 @pytest.fixture(scope="module")
 def limited(slice_settings, slice_recommender, tmp_path_factory):
-    from whyrec.api import create_app
-    from whyrec.service import WhyrecService
-    from whyrec.store import Store
-    from whyrec.telemetry import ServiceMetrics
+    from whyrec.service.api import create_app
+    from whyrec.service.service import WhyrecService
+    from whyrec.service.store import Store
+    from whyrec.service.telemetry import ServiceMetrics
 
     settings = slice_settings.model_copy(update={
         "rate_limit_per_minute": 6, "rate_limit_burst": 3,
@@ -248,11 +248,11 @@ class _RecordingLLM(BaseHTTPRequestHandler):
 def recorded(slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path_factory):
     """A shopper known only by an email-like id, asking in their own words, served through the
     API with the OpenAI-compatible (vLLM) backend pointed at the recorder."""
-    from whyrec.api import create_app
     from whyrec.pipeline import Recommender, build_explainer
-    from whyrec.service import WhyrecService
-    from whyrec.store import Store
-    from whyrec.telemetry import ServiceMetrics
+    from whyrec.service.api import create_app
+    from whyrec.service.service import WhyrecService
+    from whyrec.service.store import Store
+    from whyrec.service.telemetry import ServiceMetrics
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingLLM)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -305,7 +305,7 @@ def test_the_logged_prompts_of_a_real_slate_hold_item_facts_only(recorded):
 
 
 def _table(user_id, item):
-    from whyrec.schema import fact_table_from_json
+    from whyrec.core.schema import fact_table_from_json
 
     return fact_table_from_json([f.model_dump() for f in item.fact_table], "the logged fact table", user_id, item.item_id)
 
@@ -314,7 +314,7 @@ def _table(user_id, item):
 
 
 def test_the_default_bind_address_is_loopback(monkeypatch):
-    from whyrec.config import Settings
+    from whyrec.core.config import Settings
 
     monkeypatch.delenv("WHYREC_HOST", raising=False)
     assert Settings().host == "127.0.0.1"

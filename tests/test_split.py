@@ -1,5 +1,5 @@
-from whyrec.catalog import Catalog, Interaction, Item
-from whyrec.split import leave_one_out
+from whyrec.core.catalog import Catalog, Interaction, Item
+from whyrec.core.split import leave_one_out
 
 
 def _catalog(sequences):

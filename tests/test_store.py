@@ -4,9 +4,19 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from whyrec.catalog import EventKind
-from whyrec.schema import Attempt, Attribution, Explanation, ExplanationSource, Fact, FactKind, FactTable, RankedItem, RecommendedItem
-from whyrec.store import FeedbackKind, Store, UnknownImpression
+from whyrec.core.catalog import EventKind
+from whyrec.core.schema import (
+    Attempt,
+    Attribution,
+    Explanation,
+    ExplanationSource,
+    Fact,
+    FactKind,
+    FactTable,
+    RankedItem,
+    RecommendedItem,
+)
+from whyrec.service.store import FeedbackKind, Store, UnknownImpression
 
 
 def _entry(item_id: str, text: str) -> RecommendedItem:

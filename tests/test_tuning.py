@@ -2,9 +2,15 @@ import json
 
 import pytest
 
+from whyrec.core.schema import FactKind
 from whyrec.explainer import check_grounding
-from whyrec.schema import FactKind
-from whyrec.explainer.tuning import ADAPTER_META, TuneConfig, is_held_out, train_lora, tuning_examples
+from whyrec.explainer.tuning import (
+    ADAPTER_META,
+    TuneConfig,
+    is_held_out,
+    train_lora,
+    tuning_examples,
+)
 
 
 def test_tuning_examples_come_from_training_shoppers_and_every_target_passes_the_check(slice_catalog):
@@ -56,7 +62,7 @@ def test_tuning_targets_are_varied(slice_catalog):
 def test_a_tuned_adapter_is_saved_and_loads_into_the_in_process_backend(slice_catalog, slice_settings, tmp_path):
     from whyrec.explainer import TransformersChatModel, load_template
     from whyrec.explainer.explainer import prompt_variables
-    from whyrec.models import generator_path
+    from whyrec.pipeline.models import generator_path
 
     template = load_template("shopper")
     model_path = generator_path(slice_settings)
@@ -100,7 +106,7 @@ def test_the_shipped_adapter_is_small_half_precision_and_tuned_on_more_than_one_
 
     from safetensors import safe_open
 
-    folder = Path(__file__).resolve().parents[1] / "explainer" / "adapters" / "smollm2-135m-instruct" / "lora-shopper.v4"
+    folder = Path(__file__).resolve().parents[1] / "whyrec" / "explainer" / "adapters" / "smollm2-135m-instruct" / "lora-shopper.v4"
     weights = folder / "adapter_model.safetensors"
     assert weights.stat().st_size <= 8 * 1024 * 1024
     with safe_open(str(weights), "pt") as f:
@@ -111,9 +117,13 @@ def test_the_shipped_adapter_is_small_half_precision_and_tuned_on_more_than_one_
 
 
 def test_the_explainer_loads_the_shops_own_adapter_else_the_shipped_one_and_none_turns_it_off(tmp_path):
-    from whyrec.config import Settings
+    from whyrec.core.config import Settings
     from whyrec.explainer import load_template
-    from whyrec.pipeline import default_adapter_folder, resolve_adapter, shipped_adapter_folder
+    from whyrec.pipeline import (
+        default_adapter_folder,
+        resolve_adapter,
+        shipped_adapter_folder,
+    )
 
     template = load_template("shopper")
     settings = Settings(cache_dir=tmp_path)

@@ -2,11 +2,11 @@
 
 import pytest
 
-from whyrec.catalog import EventKind, Item
+from whyrec.core.catalog import EventKind, Item
+from whyrec.core.schema import Attribution, FactKind, FactTable, RankedItem
 from whyrec.explainer import build_fact_table, check_grounding, load_template
 from whyrec.explainer.explainer import render_prompt
 from whyrec.explainer.facts import PHRASE_CHARS, description_phrase
-from whyrec.schema import Attribution, FactKind, FactTable, RankedItem
 
 HISTORY = [(Item("old", "Swingline Classic Desk Stapler", "Swingline", ("Office", "Staplers", "Desktop Staplers")), EventKind.PURCHASE)]
 RANKED = RankedItem("new", 2, 0.5, 1.0, ("old",), (Attribution("old", 0.7, 19),), candidates_scored=30)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from whyrec.config import DEFAULT_GENERATOR, Settings
+from whyrec.core.config import DEFAULT_GENERATOR, Settings
 from whyrec.explainer import Explainer, load_template, make_chat_model
 
 pytestmark = pytest.mark.integration
@@ -76,7 +76,7 @@ def test_vllm_streams_a_single_explanation(vllm_url, cache_dir, slice_recommende
 def test_vllm_serves_the_lora_adapter_that_the_in_process_backend_merges(vllm_url, cache_dir, untrained_adapter, slice_recommender, slice_catalog):
     settings = Settings(cache_dir=cache_dir, adapter=untrained_adapter)
     remote_model, remote_name = make_chat_model(settings.model_copy(update={"llm_url": vllm_url}))
-    from whyrec.models import generator_path
+    from whyrec.pipeline.models import generator_path
 
     local_model, local_name = make_chat_model(settings, generator_path(settings))
     # Requests go to the adapter, under the name the in-process backend records too.

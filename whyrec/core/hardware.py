@@ -1,0 +1,14 @@
+"""What the machine's CPU can do, read without importing torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cpu_has_bf16() -> bool:
+    """bf16 in hardware (AVX512-BF16 or AMX): where torch's CPU autocast to bf16 is worth trying."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
