@@ -1,0 +1,3 @@
+from whyrec.cli import main
+
+main()
