@@ -22,7 +22,7 @@ def test_recommend_json_returns_k_explained_items(office_slice, cache_dir, slice
     assert result["user_id"] == user and len(result["items"]) == 3
     assert [i["rank"] for i in result["items"]] == [1, 2, 3]
     for item in result["items"]:
-        assert set(item["scores"]) == {"retrieval", "ranker"}
+        assert set(item["scores"]) == {"retrieval", "ranker", "features"}  # the API's item shape (whyrec.core.protocol)
         explanation = item["explanation"]
         assert explanation["text"] and explanation["source"] in {"llm", "template"} and explanation["facts"]
         assert explanation["grounded"] == (explanation["source"] == "llm")

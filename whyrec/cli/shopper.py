@@ -17,6 +17,7 @@ from whyrec.cli.app import (
     _settings,
     app,
 )
+from whyrec.core.protocol import RecommendationsOut, item_out
 
 
 @app.command()
@@ -35,7 +36,8 @@ def recommend(
     result = recommender.recommend(user, k)
     print(f"recommended {len(result.items)} items in {time.time() - started:.1f}s", file=sys.stderr)
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        items = [item_out(e, recommender.feature_names) for e in result.items]
+        print(RecommendationsOut(user_id=result.user_id, items=items).model_dump_json(indent=2))
         return
     for entry in result.items:
         marker = "" if entry.explanation.source.value == "llm" else "  [template]"
@@ -54,9 +56,10 @@ def explain(
     """Explain why an item ranks where it does for a shopper."""
     from whyrec.pipeline import Recommender
 
-    entry = Recommender.load(_settings(data, llm_url)).explain(user, item)
+    recommender = Recommender.load(_settings(data, llm_url))
+    entry = recommender.explain(user, item)
     if as_json:
-        print(json.dumps(entry.to_dict(), indent=2, ensure_ascii=False))
+        print(item_out(entry, recommender.feature_names).model_dump_json(indent=2))
         return
     print(f"#{entry.ranked.rank} of {entry.ranked.candidates_scored}  {entry.title}  (item {entry.item_id})")
     print(f"    {entry.explanation.text}")

@@ -3,7 +3,7 @@ fact tables and explanations from the explainer, and the recommendation the pipe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
@@ -281,36 +281,11 @@ class RecommendedItem:
     explanation: Explanation
     fact_table: FactTable | None = None  # every fact the generator was given (explanation.facts: the ones the text uses)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The CLI/API JSON shape."""
-        return {
-            "item_id": self.item_id,
-            "title": self.title,
-            "rank": self.ranked.rank,
-            "scores": {"retrieval": round(self.ranked.retrieval_score, 6), "ranker": round(self.ranked.ranker_score, 6)},
-            "attributions": [asdict(a) for a in self.ranked.attributions],
-            "explanation": {
-                "text": self.explanation.text,
-                "source": self.explanation.source.value,
-                "grounded": self.explanation.grounded,
-                "facts": [fact_to_dict(f) for f in self.explanation.facts],
-                "fact_table": self.fact_table.to_list() if self.fact_table else [fact_to_dict(f) for f in self.explanation.facts],
-                "prompt_version": self.explanation.prompt_version,
-                "model": self.explanation.model,
-                "attempts": [asdict(a) for a in self.explanation.attempts],
-                "fallback": self.explanation.fallback.value if self.explanation.fallback else None,
-                "pending": self.explanation.pending,
-            },
-        }
-
 
 @dataclass(frozen=True)
 class Recommendations:
     user_id: str
     items: list[RecommendedItem] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"user_id": self.user_id, "items": [i.to_dict() for i in self.items]}
 
 
 @dataclass(frozen=True)

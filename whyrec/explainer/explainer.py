@@ -67,11 +67,6 @@ class Explainer:
         )
         self.retry_chain = retry_prompt | chat_model | StrOutputParser()
 
-    def with_template(self, template: PromptTemplateSpec) -> "Explainer":
-        """The same generator and cache with another template (say, the support-agent wording);
-        the template version is part of the cache key, so the two never mix."""
-        return Explainer(self.chat_model, template, self.model_name, self.concurrency, self.cache, late=self.late, model_key=self.model_key)
-
     def variables(self, table: FactTable) -> dict[str, str]:
         return prompt_variables(self.template, table)
 

@@ -128,18 +128,36 @@ class Recommender:
     def explain(self, user_id: str, item_id: str, overlay: ShopperOverlay | None = None, deadline: float | None = None) -> RecommendedItem:
         """The explanation for any item, also one outside the shopper's top-k: it is ranked among the candidates."""
         ranking = self._rank_including(user_id, item_id, overlay, self.settings.candidates)
-        target = ranking.target
-        table = self._fact_tables(user_id, ranking.events, ranking.history, [target])[0]
-        with self._stage("explanation"):
-            explanation = self.explainer.explain([table], _seconds_left(deadline))[0]
-        return self._recommended(target, explanation, table)
+        return self._explained(user_id, ranking, deadline)
 
     def why_not(self, user_id: str, item_id: str, k: int = 10, overlay: ShopperOverlay | None = None) -> WhyNot:
         """Where an item stands against the k items the shopper would be shown now, and what would
         change that: counterfactuals from the ranker, no generated text."""
         overlay = overlay or ShopperOverlay()
+        return self._why_not(user_id, self._rank_including(user_id, item_id, overlay, k), k, overlay)
+
+    def explain_and_why_not(
+        self, user_id: str, item_id: str, k: int = 10, overlay: ShopperOverlay | None = None, deadline: float | None = None
+    ) -> tuple[RecommendedItem, WhyNot]:
+        """`explain` and `why_not` of one item from one ranking (what an agent or shopper asking
+        "why this?" is shown)."""
+        overlay = overlay or ShopperOverlay()
         ranking = self._rank_including(user_id, item_id, overlay, k)
-        events, history, target = ranking.events, ranking.history, ranking.target
+        return self._explained(user_id, ranking, deadline), self._why_not(user_id, ranking, k, overlay)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The names of `RankedItem.features`: the candidate sources' scores, in order."""
+        return self.retriever.feature_names
+
+    def _explained(self, user_id: str, ranking: "_Ranking", deadline: float | None) -> RecommendedItem:
+        table = self._fact_tables(user_id, ranking.events, ranking.history, [ranking.target])[0]
+        with self._stage("explanation"):
+            explanation = self.explainer.explain([table], _seconds_left(deadline))[0]
+        return self._recommended(ranking.target, explanation, table)
+
+    def _why_not(self, user_id: str, ranking: "_Ranking", k: int, overlay: ShopperOverlay) -> WhyNot:
+        events, history, target, item_id = ranking.events, ranking.history, ranking.target, ranking.target.item_id
         # The slate is what recommend() would show: only the items the candidate stage proposed.
         eligible = [r for r in ranking.ranked if r.item_id in ranking.proposed]
         slate = self._slate(eligible, k)

@@ -26,10 +26,21 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, BeforeValidator, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from whyrec.core.catalog import EventKind
 from whyrec.core.config import Settings
 from whyrec.core.errors import UnknownItem, UnknownShopper, WhyrecError
-from whyrec.core.schema import RecommendedItem, WhyNot
+from whyrec.core.protocol import (
+    NO_CONTROL,
+    EventIn,
+    EventRecord,
+    ExplanationResponse,
+    FeedbackIn,
+    FeedbackRecord,
+    ImpressionRecord,
+    SlateOut,
+    WhyNotOut,
+    item_out,
+    why_not_out,
+)
 from whyrec.pipeline import (
     TemplateRun,
     available_templates,
@@ -45,22 +56,9 @@ from whyrec.service.service import (
     SlateRanked,
     WhyrecService,
 )
-from whyrec.service.store import (
-    AttemptRecord,
-    AttributionRecord,
-    DatabaseUnavailable,
-    EventRecord,
-    FactRecord,
-    FeedbackKind,
-    FeedbackRecord,
-    ImpressionRecord,
-    UnknownImpression,
-)
+from whyrec.service.store import DatabaseUnavailable, UnknownImpression
 
 MAX_K = 50
-# Ids and texts may be any Unicode except control characters (C0, DEL, C1): those are never part of
-# an id or a shopper's words, and would end up in logs and the store. A 422 names the field.
-NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
 
 
 def _iso_time(value):
@@ -72,85 +70,7 @@ def _iso_time(value):
 
 IsoTime = Annotated[datetime, BeforeValidator(_iso_time)]
 
-# ---- request and response models ----
-
-
-class ScoresOut(BaseModel):
-    retrieval: float
-    ranker: float
-    features: dict[str, float] = Field(description="per-source retrieval scores (standardised)")
-
-
-class ExplanationOut(BaseModel):
-    text: str = Field(description='the "why you see this" text as shown')
-    source: str = Field(description="llm (passed the grounding check) or template")
-    grounded: bool
-    facts: list[FactRecord] = Field(description="the facts the text rests on")
-    fact_table: list[FactRecord] = Field(description="every fact of the item's table, each with its subject ids: what the text was checked against")
-    prompt_version: str
-    model: str
-    attempts: list[AttemptRecord]
-    fallback: str | None = Field(None, description="why the template sentence is shown: llm_pending, llm_unavailable, llm_deadline_exceeded, llm_output_unparseable or ungrounded")
-    pending: bool = Field(False, description="the checked template is shown while the model's text is written in the background; ask again (or follow the stream) for it")
-
-
-class ItemOut(BaseModel):
-    item_id: str
-    title: str
-    rank: int
-    scores: ScoresOut
-    attributions: list[AttributionRecord] = Field(description="history items by how much they raised this item's score")
-    explanation: ExplanationOut
-
-
-class SlateOut(BaseModel):
-    impression_id: str = Field(description="the impression log record of this slate")
-    served_at: datetime
-    user_id: str
-    topic_matched: bool = Field(description="the request's words narrowed the candidates")
-    cold_start: bool = Field(False, description="the shopper has no usable history (new, or every purchase excluded): popular and new items with template reasons")
-    items: list[ItemOut]
-
-
-class ChangeOut(BaseModel):
-    kind: str = Field(description="blocked, leave_out_history_item, remove_items_above or score_needed")
-    text: str
-    history_item_id: str | None = None
-    new_rank: int | None = None
-
-
-class WhyNotOut(BaseModel):
-    item_id: str
-    title: str
-    rank: int = Field(description="rank among the shopper's candidates")
-    candidates_scored: int
-    k: int
-    shown: bool = Field(description="the item is in the top k the shopper would be shown now")
-    score: float
-    last_shown_item_id: str | None
-    last_shown_score: float | None
-    score_gap: float = Field(description="last shown item's score minus this item's; > 0 means below the cut")
-    changes: list[ChangeOut] = Field(description="what would change it, computed by the ranker")
-    attributions: list[AttributionRecord]
-    fact_table: list[FactRecord]
-
-
-class ExplanationResponse(BaseModel):
-    impression_id: str
-    served_at: datetime
-    item: ItemOut
-    why_not: WhyNotOut
-
-
-class EventIn(BaseModel):
-    item_id: str = Field(min_length=1, max_length=200, pattern=NO_CONTROL)
-    kind: EventKind = EventKind.PURCHASE
-
-
-class FeedbackIn(BaseModel):
-    kind: FeedbackKind
-    item_id: str | None = Field(None, min_length=1, max_length=200, pattern=NO_CONTROL)
-    impression_id: str | None = Field(None, min_length=1, max_length=64, pattern=NO_CONTROL, description="required for helpful / not_helpful")
+# ---- operations ----
 
 
 class HealthOut(BaseModel):
@@ -166,54 +86,6 @@ class HealthOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
-
-
-# ---- conversions ----
-
-
-def item_out(entry: RecommendedItem, feature_names: tuple[str, ...]) -> ItemOut:
-    r, e = entry.ranked, entry.explanation
-    return ItemOut(
-        item_id=entry.item_id,
-        title=entry.title,
-        rank=r.rank,
-        scores=ScoresOut(retrieval=r.retrieval_score, ranker=r.ranker_score, features=dict(zip(feature_names, r.features))),
-        attributions=[AttributionRecord(history_item_id=a.history_item_id, contribution=a.contribution, rank_without=a.rank_without) for a in r.attributions],
-        explanation=ExplanationOut(
-            text=e.text,
-            source=e.source.value,
-            grounded=e.grounded,
-            facts=[_fact(f) for f in e.facts],
-            fact_table=[_fact(f) for f in (entry.fact_table.facts if entry.fact_table else e.facts)],
-            prompt_version=e.prompt_version,
-            model=e.model,
-            attempts=[AttemptRecord(raw_output=a.raw_output, text=a.text, passed=a.passed, reason=a.reason) for a in e.attempts],
-            fallback=e.fallback.value if e.fallback else None,
-            pending=e.pending,
-        ),
-    )
-
-
-def why_not_out(w: WhyNot) -> WhyNotOut:
-    return WhyNotOut(
-        item_id=w.item.item_id,
-        title=w.title,
-        rank=w.item.rank,
-        candidates_scored=w.item.candidates_scored,
-        k=w.k,
-        shown=w.shown,
-        score=w.item.ranker_score,
-        last_shown_item_id=w.last_shown.item_id if w.last_shown else None,
-        last_shown_score=w.last_shown.ranker_score if w.last_shown else None,
-        score_gap=w.score_gap,
-        changes=[ChangeOut(kind=c.kind, text=c.text, history_item_id=c.history_item_id, new_rank=c.new_rank) for c in w.changes],
-        attributions=[AttributionRecord(history_item_id=a.history_item_id, contribution=a.contribution, rank_without=a.rank_without) for a in w.item.attributions],
-        fact_table=[_fact(f) for f in w.fact_table.facts],
-    )
-
-
-def _fact(f) -> FactRecord:
-    return FactRecord.of(f)
 
 
 # ---- dependencies ----
@@ -310,7 +182,7 @@ router = APIRouter(
 def recommendations(user_id: UserId, service: Service, k: K = 10, q: Words = "") -> SlateOut:
     """The top k items for the shopper, each with its checked explanation; logged as an impression."""
     served = service.recommend(user_id, k, q)
-    names = service.recommender.retriever.feature_names
+    names = service.feature_names
     return SlateOut(
         impression_id=served.impression.impression_id,
         served_at=served.impression.served_at,
@@ -327,7 +199,7 @@ def recommendations_stream(user_id: UserId, service: Service, k: K = 10, q: Word
     one `{"event": "explanation", ...}` per item as soon as it is ready, then `{"event": "done", "impression_id": ...}`."""
     events = service.stream(user_id, k, q)
     first = next(events)  # errors in the request (unknown shopper) surface here, before the 200 is sent
-    names = service.recommender.retriever.feature_names
+    names = service.feature_names
 
     def lines() -> Iterator[str]:
         for event in _chain(first, events):
@@ -356,7 +228,7 @@ def explanation(user_id: UserId, item_id: ItemId, service: Service, k: K = 10) -
     return ExplanationResponse(
         impression_id=served.impression.impression_id,
         served_at=served.impression.served_at,
-        item=item_out(served.item, service.recommender.retriever.feature_names),
+        item=item_out(served.item, service.feature_names),
         why_not=why_not_out(served.why_not),
     )
 

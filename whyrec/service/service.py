@@ -15,18 +15,12 @@ from typing import Callable, Iterator
 
 from whyrec.core.catalog import EventKind, Interaction, dedupe_keep_last
 from whyrec.core.errors import WhyrecError
+from whyrec.core.protocol import EventRecord, FeedbackKind, FeedbackRecord, ImpressionRecord
 from whyrec.core.schema import FactTable, RankedSlate, RecommendedItem, WhyNot
 from whyrec.pipeline import ExplanationStore, Recommender, topic_words
 from whyrec.service.background import BackgroundExplainer
 from whyrec.service.jobqueue import JobQueue, SlateJob
-from whyrec.service.store import (
-    DatabaseUnavailable,
-    EventRecord,
-    FeedbackKind,
-    FeedbackRecord,
-    ImpressionRecord,
-    Store,
-)
+from whyrec.service.store import DatabaseUnavailable, Store
 from whyrec.service.telemetry import ServiceMetrics
 
 
@@ -226,15 +220,19 @@ class WhyrecService:
                     yield ItemExplained(position, shown[position])
         yield SlateLogged(self._log(slate, shown))
 
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The names of each served item's per-source retrieval scores (`RankedItem.features`)."""
+        return self.recommender.feature_names
+
     def explain(self, user_id: str, item_id: str, k: int) -> ServedExplanation:
         """Why an item is (or is not) in the shopper's top k, with its explanation; logged as shown."""
         deadline = self._deadline()
         overlay = self.store.overlay(user_id)
-        why_not = self.recommender.why_not(user_id, item_id, k, overlay)
-        entry = self.recommender.explain(user_id, item_id, overlay, deadline)
+        entry, why_not = self.recommender.explain_and_why_not(user_id, item_id, k, overlay, deadline)
         history = self.recommender.history_events(user_id, overlay)
         impression = self.store.log_impression(
-            user_id, "explain", _ids(history), [entry], [self.recommender.prompt_messages(entry.fact_table)], self.recommender.retriever.feature_names
+            user_id, "explain", _ids(history), [entry], [self.recommender.prompt_messages(entry.fact_table)], self.feature_names
         )
         self._count_explanation(entry)
         return ServedExplanation(impression, entry, why_not)
@@ -299,7 +297,7 @@ class WhyrecService:
     def _log(self, slate: RankedSlate, items: list[RecommendedItem]) -> ServedSlate:
         # A cold-start slate's reasons are template sentences: no prompt was sent.
         prompts = [[] if slate.cold_start else self.recommender.prompt_messages(t) for t in slate.tables]
-        impression = self.store.log_impression(slate.user_id, "slate", list(slate.history), items, prompts, self.recommender.retriever.feature_names)
+        impression = self.store.log_impression(slate.user_id, "slate", list(slate.history), items, prompts, self.feature_names)
         for entry in items:
             self._count_explanation(entry)
         return ServedSlate(impression, items, slate.topic_matched, slate.cold_start)

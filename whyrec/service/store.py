@@ -8,21 +8,15 @@ shopper engaged with: the ranker's feedback training data."""
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import sys
 import threading
 import uuid
-from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -50,13 +44,20 @@ from sqlalchemy.orm import (
 
 from whyrec.core.catalog import EventKind, Interaction
 from whyrec.core.errors import WhyrecError
+from whyrec.core.protocol import (
+    EventRecord,
+    FeedbackKind,
+    FeedbackRecord,
+    ImpressionItemRecord,
+    ImpressionRecord,
+    impression_item,
+)
 from whyrec.core.schema import (
-    Fact,
     RecommendedItem,
     ShopperOverlay,
     ShownSlate,
-    fact_to_dict,
 )
+from whyrec.service.spool import WriteQueue
 
 
 class DatabaseUnavailable(WhyrecError):
@@ -67,105 +68,6 @@ class UnknownImpression(WhyrecError):
     def __init__(self, impression_id: str):
         self.impression_id = impression_id
         super().__init__(f"unknown impression '{impression_id}': no served slate with this id in the store")
-
-
-class FeedbackKind(str, Enum):
-    HELPFUL = "helpful"  # on an explanation
-    NOT_HELPFUL = "not_helpful"
-    NOT_INTERESTED = "not_interested"  # in an item: never recommend it again
-    EXCLUDE_PURCHASE = "exclude_purchase"  # "don't use this purchase for my recommendations"
-
-
-# ---- records: what the store hands out (also the API's response models) ----
-
-
-class FactRecord(BaseModel):
-    """One fact of a fact table, with the ids of what it is about (`whyrec.core.schema.Fact`)."""
-
-    id: str
-    kind: str
-    text: str
-    value: str = ""
-    about_history: bool = False
-    item_id: str | None = Field(None, description="the recommended item, for item, relation, rank and counterfactual facts")
-    history_item_id: str | None = Field(None, description="the history item, for history, relation and counterfactual facts")
-    attribute: str | None = Field(None, description="item facts: title, brand, category, price, phrase or the attribute's name")
-    event: str | None = Field(None, description="history facts: what the shopper did; together facts: what the counted shoppers did")
-    count: int | None = Field(None, description="shoppers, for bought_together, viewed_together and popular facts")
-    rank: int | None = Field(None, description="rank and counterfactual facts: the item's rank; often_next: its place among predicted next items")
-    rank_without: int | None = Field(None, description="counterfactual facts: the rank without the history item")
-    position: int | None = Field(None, description="history facts: 1 = the shopper's most recent history item")
-
-    @classmethod
-    def of(cls, fact: Fact) -> "FactRecord":
-        return cls(**fact_to_dict(fact))
-
-
-class AttributionRecord(BaseModel):
-    history_item_id: str
-    contribution: float
-    rank_without: int | None = None
-
-
-class AttemptRecord(BaseModel):
-    raw_output: str
-    text: str
-    passed: bool
-    reason: str
-
-
-class PromptMessage(BaseModel):
-    role: str
-    content: str
-
-
-class ImpressionItemRecord(BaseModel):
-    position: int = Field(description="1-based place in the served slate")
-    item_id: str
-    title: str
-    rank: int = Field(description="rank among all scored candidates")
-    candidates_scored: int
-    retrieval_score: float
-    ranker_score: float
-    features: dict[str, float] = Field(description="per-source retrieval scores")
-    attributions: list[AttributionRecord]
-    fact_table: list[FactRecord] = Field(description="every fact the generator was given")
-    cited_fact_ids: list[str] = Field(description="the facts the shown text rests on")
-    prompt: list[PromptMessage] = Field(description="the exact messages sent to the generator (first attempt)")
-    prompt_version: str
-    model: str
-    text: str = Field(description="the explanation exactly as shown")
-    source: str = Field(description="llm or template")
-    grounded: bool
-    attempts: list[AttemptRecord]
-
-
-class ImpressionRecord(BaseModel):
-    impression_id: str
-    served_at: datetime
-    user_id: str
-    kind: str = Field(description="slate (recommendations) or explain (one item on request)")
-    history: list[str] = Field(description="the history the slate was ranked on, oldest first")
-    items: list[ImpressionItemRecord]
-
-
-class EventRecord(BaseModel):
-    event_id: int | None = Field(description="None while queued (the database was unavailable)")
-    created_at: datetime
-    user_id: str
-    item_id: str
-    kind: EventKind
-    queued: bool = Field(False, description="accepted while the database was unavailable; written when it returns")
-
-
-class FeedbackRecord(BaseModel):
-    feedback_id: int | None = Field(description="None while queued (the database was unavailable)")
-    created_at: datetime
-    user_id: str
-    kind: FeedbackKind
-    item_id: str | None = None
-    impression_id: str | None = None
-    queued: bool = Field(False, description="accepted while the database was unavailable; written when it returns")
 
 
 # ---- tables ----
@@ -553,138 +455,6 @@ def _write_feedback(store: Store, record: FeedbackRecord) -> None:
 
 
 _WRITERS = {"impression": _write_impression, "event": _write_event, "feedback": _write_feedback}
-_RECORDS: dict[str, type[BaseModel]] = {"impression": ImpressionRecord, "event": EventRecord, "feedback": FeedbackRecord}
-
-
-@dataclass(frozen=True)
-class _Queued:
-    seq: int
-    kind: str
-    record: Any
-
-
-class WriteQueue:
-    """Records waiting for the database, oldest first, bounded; mirrored in an append-only JSON
-    lines file (`{"seq", "kind", "record"}` when queued, `{"done": seq}` when written) that is
-    replayed on start and emptied whenever the queue drains. Without a file (or when it cannot be
-    written) the queue lives in memory only.
-
-    Each process holds its spool file locked: API replicas on one machine share a database, not a
-    spool. A second process takes `<name>.1.jsonl` (and so on), and on start a process takes over
-    the records in spool files no running process holds (left by one that ended)."""
-
-    def __init__(self, path: Path | None, max_size: int):
-        self.max_size = max_size
-        self._entries: deque[_Queued] = deque()
-        self._lock = threading.Lock()
-        self._seq = 0
-        self._file = None  # the locked spool file, open for appending
-        self.path = None
-        if path is not None:
-            try:
-                self._claim(Path(path))
-            except OSError as exc:
-                _warn(f"cannot use the spool file {path} ({exc}); queued records are kept in memory only")
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def put(self, kind: str, record: BaseModel) -> bool:
-        with self._lock:
-            if len(self._entries) >= self.max_size:
-                return False
-            self._add(kind, record)
-            return True
-
-    def peek(self) -> _Queued | None:
-        with self._lock:
-            return self._entries[0] if self._entries else None
-
-    def pop(self, entry: _Queued) -> None:
-        with self._lock:
-            if self._entries and self._entries[0].seq == entry.seq:
-                self._entries.popleft()
-            if self._entries:
-                self._append({"done": entry.seq})
-            elif self._file is not None:
-                self._file.truncate(0)
-
-    def find(self, kind: str, match) -> list:
-        with self._lock:
-            return [e.record for e in self._entries if e.kind == kind and match(e.record)]
-
-    def close(self) -> None:
-        """Release the spool file; what it holds is replayed by the next process to take it."""
-        if self._file is not None:
-            self._file.close()  # closing drops the lock
-            self._file = None
-
-    def _add(self, kind: str, record: BaseModel) -> None:
-        self._seq += 1
-        self._append({"seq": self._seq, "kind": kind, "record": record.model_dump(mode="json")})
-        self._entries.append(_Queued(self._seq, kind, record))
-
-    def _append(self, line: dict) -> None:
-        if self._file is None:
-            return
-        try:
-            self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        except OSError as exc:
-            _warn(f"cannot write the spool file {self.path} ({exc}); queued records are kept in memory only")
-            self.close()
-
-    def _claim(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        siblings = [path, *sorted(path.parent.glob(f"{path.stem}.*{path.suffix}"))]
-        for n in range(len(siblings) + 1):
-            candidate = path if n == 0 else path.with_name(f"{path.stem}.{n}{path.suffix}")
-            if (held := _lock(candidate)) is not None:
-                self.path, self._file = candidate, held
-                break
-        if self._file is None:
-            raise OSError(f"every spool file next to {path} is held by another process")
-        for entry in _pending(self.path):
-            self._entries.append(entry)
-            self._seq = max(self._seq, entry.seq)
-        adopted = 0
-        for other in siblings:
-            if other != self.path and (held := _lock(other)) is not None:
-                with held:  # left by a process that ended: its records become ours
-                    for entry in _pending(other):
-                        self._add(entry.kind, entry.record)
-                        adopted += 1
-                    held.truncate(0)
-        if self._entries:
-            _warn(f"{len(self._entries)} writes queued in {self.path} from an earlier run ({adopted} taken over from other spool files): they are written when the database answers")
-
-
-def _lock(path: Path):
-    """`path` opened for appending and locked for this process, or None when another holds it."""
-    held = open(path, "a", encoding="utf-8")
-    try:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        held.close()
-        return None
-    return held
-
-
-def _pending(path: Path) -> list[_Queued]:
-    """The records a spool file holds that were not written yet, oldest first."""
-    pending: dict[int, _Queued] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            data = json.loads(line)
-            if "done" in data:
-                pending.pop(int(data["done"]), None)
-            else:
-                pending[int(data["seq"])] = _Queued(int(data["seq"]), data["kind"], _RECORDS[data["kind"]].model_validate(data["record"]))
-        except (ValueError, KeyError, TypeError):
-            # A line cut short by a crash mid-append: the write it held was never acknowledged.
-            _warn(f"{path}, line {number}: not a queued record; skipped")
-    return [pending[s] for s in sorted(pending)]
 
 
 def _warn(message: str) -> None:
@@ -732,30 +502,7 @@ def _engine(url: str) -> Engine:
 
 
 def _item_row(position: int, entry: RecommendedItem, prompt: list[tuple[str, str]], feature_names: tuple[str, ...]) -> _ImpressionItem:
-    ranked, e = entry.ranked, entry.explanation
-    table = entry.fact_table.facts if entry.fact_table else e.facts
-    return _ImpressionItem(
-        position=position,
-        item_id=entry.item_id,
-        title=entry.title,
-        rank=ranked.rank,
-        candidates_scored=ranked.candidates_scored,
-        retrieval_score=float(ranked.retrieval_score),
-        ranker_score=float(ranked.ranker_score),
-        features={name: float(v) for name, v in zip(feature_names, ranked.features)},
-        attributions=[
-            {"history_item_id": a.history_item_id, "contribution": float(a.contribution), "rank_without": a.rank_without} for a in ranked.attributions
-        ],
-        fact_table=[fact_to_dict(f) for f in table],
-        cited_fact_ids=[f.fact_id for f in e.facts],
-        prompt=[{"role": role, "content": content} for role, content in prompt],
-        prompt_version=e.prompt_version,
-        model=e.model,
-        text=e.text,
-        source=e.source.value,
-        grounded=e.grounded,
-        attempts=[{"raw_output": a.raw_output, "text": a.text, "passed": a.passed, "reason": a.reason} for a in e.attempts],
-    )
+    return _ImpressionItem(**impression_item(position, entry, prompt, feature_names).model_dump(mode="json"))
 
 
 def _impression_row(record: ImpressionRecord) -> _Impression:
@@ -773,29 +520,7 @@ def _impression_record(row: _Impression) -> ImpressionRecord:
         user_id=row.user_id,
         kind=row.kind,
         history=list(row.history),
-        items=[
-            ImpressionItemRecord(
-                position=i.position,
-                item_id=i.item_id,
-                title=i.title,
-                rank=i.rank,
-                candidates_scored=i.candidates_scored,
-                retrieval_score=i.retrieval_score,
-                ranker_score=i.ranker_score,
-                features=i.features,
-                attributions=[AttributionRecord(**a) for a in i.attributions],
-                fact_table=[FactRecord(**f) for f in i.fact_table],
-                cited_fact_ids=i.cited_fact_ids,
-                prompt=[PromptMessage(**m) for m in i.prompt],
-                prompt_version=i.prompt_version,
-                model=i.model,
-                text=i.text,
-                source=i.source,
-                grounded=i.grounded,
-                attempts=[AttemptRecord(**a) for a in i.attempts],
-            )
-            for i in row.items
-        ],
+        items=[ImpressionItemRecord.model_validate(i, from_attributes=True) for i in row.items],
     )
 
 

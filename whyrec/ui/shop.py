@@ -20,7 +20,7 @@ from whyrec.service.service import (
     SlateRanked,
     WhyrecService,
 )
-from whyrec.service.store import FeedbackKind
+from whyrec.core.protocol import FeedbackKind
 
 MAX_SHOPPERS_LISTED = 500
 _CHIP_LABEL = {

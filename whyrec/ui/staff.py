@@ -23,7 +23,7 @@ from whyrec.pipeline import (
     save_new_version,
 )
 from whyrec.service.service import WhyrecService
-from whyrec.service.store import ImpressionItemRecord, ImpressionRecord
+from whyrec.core.protocol import ImpressionItemRecord, ImpressionRecord
 
 IMPRESSION_COLUMNS = ["served at (UTC)", "impression", "kind", "position", "rank", "source", "grounded", "prompt version"]
 METRIC_COLUMNS = ["template", "grounded rate", "fallback rate", "USR", "mean words", "s / item"]
