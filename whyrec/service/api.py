@@ -43,10 +43,10 @@ from whyrec.core.protocol import (
 )
 from whyrec.pipeline import (
     TemplateRun,
-    available_templates,
     compare_templates,
     parse_template,
     sample_tables,
+    templates,
 )
 from whyrec.service.accounts import Role, StaffAccount, authenticate, load_accounts
 from whyrec.service.ratelimit import RateLimiter, retry_after_header
@@ -325,7 +325,7 @@ def _run_out(run: TemplateRun) -> TemplateRunOut:
 def prompts(service: Service, settings: Annotated[Settings, Depends(get_settings)], _staff: PromptEngineer) -> list[TemplateOut]:
     """Prompt templates and their versions (prompt engineers only)."""
     in_use = service.recommender.explainer.template
-    found = available_templates([settings.prompts_dir] if settings.prompts_dir else [])
+    found = templates(settings)
     return [TemplateOut(name=n, versions=sorted(v), in_use=in_use.label if n == in_use.name else None) for n, v in sorted(found.items())]
 
 

@@ -12,18 +12,18 @@ import gradio as gr
 
 from whyrec.core.config import Settings
 from whyrec.core.errors import WhyrecError
+from whyrec.core.protocol import ImpressionItemRecord, ImpressionRecord
 from whyrec.core.schema import FactTable, WhyNot
 from whyrec.pipeline import (
     GroundingVerdict,
-    builtin_prompt_dir,
     check_reason,
     compare_templates,
     parse_template,
     sample_tables,
+    save_folder,
     save_new_version,
 )
 from whyrec.service.service import WhyrecService
-from whyrec.core.protocol import ImpressionItemRecord, ImpressionRecord
 
 IMPRESSION_COLUMNS = ["served at (UTC)", "impression", "kind", "position", "rank", "source", "grounded", "prompt version"]
 METRIC_COLUMNS = ["template", "grounded rate", "fallback rate", "USR", "mean words", "s / item"]
@@ -209,7 +209,7 @@ def support_view(service: WhyrecService, settings: Settings) -> None:
 
 def prompt_lab_view(service: WhyrecService, settings: Settings) -> None:
     """The Prompt lab's components and handlers, inside the enclosing Blocks."""
-    prompts_dir = settings.prompts_dir or Path(str(builtin_prompt_dir()))
+    prompts_dir = save_folder(settings)
     current = service.recommender.explainer.template
 
     def run_lab(text: str, shoppers: float, progress=gr.Progress()):
