@@ -11,14 +11,7 @@ from typing import Optional
 
 import typer
 
-from whyrec.cli.app import (
-    DataOption,
-    JsonOption,
-    LlmUrlOption,
-    _settings,
-    eval_app,
-    explainer_app,
-)
+from whyrec.cli.app import DataOption, JsonOption, LlmUrlOption, _settings, eval_app, explainer_app
 from whyrec.core.config import Settings
 from whyrec.core.errors import WhyrecError
 
@@ -133,15 +126,7 @@ def eval_explanations(
         raise ConfigError(f"--backend must be 'local', 'openai' or 'none', not '{backend}'")
     from tqdm import tqdm
 
-    from whyrec.explainer import (
-        DEFAULT_LABELS,
-        evaluate_grounding_check,
-        explanation_metrics,
-        is_held_out,
-        load_labelled_sentences,
-        prompt_facts,
-        table_evidence,
-    )
+    from whyrec.explainer import DEFAULT_LABELS, evaluate_grounding_check, explanation_metrics, is_held_out, load_labelled_sentences, prompt_facts, table_evidence
     from whyrec.pipeline import Recommender
     settings = _settings(data, llm_url if backend == "openai" else None)
     if backend == "openai" and not settings.llm_url:
@@ -212,14 +197,7 @@ def _template_only(table, template_label: str):
 
 
 def _reference_scores(path: Path, explainer, settings: Settings) -> dict:
-    from whyrec.explainer import (
-        BERTSCORE_LAYER,
-        bertscore_f1,
-        bleu4,
-        load_reference_cases,
-        reference_fact_table,
-        rouge_l,
-    )
+    from whyrec.explainer import BERTSCORE_LAYER, bertscore_f1, bleu4, load_reference_cases, reference_fact_table, rouge_l
     from whyrec.pipeline import encoder_path
 
     cases = load_reference_cases(path)
@@ -255,18 +233,8 @@ def explainer_tune(
     The adapter's whyrec_adapter.json records the shops (name, data fingerprint, examples each)."""
     from whyrec.core.catalog import fingerprint
     from whyrec.core.errors import ConfigError
-    from whyrec.explainer import (
-        TuneConfig,
-        first_answer_metrics,
-        train_lora,
-        tuning_examples,
-    )
-    from whyrec.pipeline import (
-        build_explainer,
-        default_adapter_folder,
-        generator_path,
-        load_data,
-    )
+    from whyrec.explainer import TuneConfig, first_answer_metrics, train_lora, tuning_examples
+    from whyrec.pipeline import build_explainer, default_adapter_folder, generator_path, load_data
 
     shops = [_settings(d) for d in (data or [None])]
     settings = shops[0]

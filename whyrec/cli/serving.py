@@ -9,14 +9,7 @@ from typing import Optional
 
 import typer
 
-from whyrec.cli.app import (
-    DataOption,
-    LlmUrlOption,
-    _settings,
-    app,
-    llm_app,
-    models_app,
-)
+from whyrec.cli.app import DataOption, LlmUrlOption, _settings, app, llm_app, models_app
 from whyrec.core.errors import WhyrecError
 
 

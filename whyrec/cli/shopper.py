@@ -10,13 +10,7 @@ from typing import Optional
 
 import typer
 
-from whyrec.cli.app import (
-    DataOption,
-    JsonOption,
-    LlmUrlOption,
-    _settings,
-    app,
-)
+from whyrec.cli.app import DataOption, JsonOption, LlmUrlOption, _settings, app
 from whyrec.core.protocol import RecommendationsOut, item_out
 
 

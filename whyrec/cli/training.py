@@ -10,12 +10,7 @@ from typing import Optional
 
 import typer
 
-from whyrec.cli.app import (
-    DataOption,
-    JsonOption,
-    _settings,
-    app,
-)
+from whyrec.cli.app import DataOption, JsonOption, _settings, app
 
 
 @app.command()

@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field
 from whyrec.core.catalog import EventKind
 from whyrec.core.schema import Fact, RecommendedItem, WhyNot, fact_to_dict
 
-
 # Ids and texts may be any Unicode except control characters (C0, DEL, C1): those are never part of
 # an id or a shopper's words, and would end up in logs and the store. A 422 names the field.
 NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"

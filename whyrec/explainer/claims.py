@@ -27,17 +27,7 @@ import re
 from dataclasses import dataclass, replace
 
 from whyrec.core.schema import Fact, FactKind, FactTable
-from whyrec.explainer.lexicon import (
-    CONNECTIVE_STEMS,
-    EVENT_VERBS,
-    EVENT_WORDS,
-    VERB_EVENTS,
-    content_stems,
-    name_tokens,
-    norm,
-    sentences,
-    stem,
-)
+from whyrec.explainer.lexicon import CONNECTIVE_STEMS, EVENT_VERBS, EVENT_WORDS, VERB_EVENTS, content_stems, name_tokens, norm, sentences, stem
 
 _TOKEN = re.compile(r"#?[A-Za-z0-9]+(?:['’][A-Za-z]+)*|[,;:!?()]|\s[-–—]\s")
 _QUOTED = re.compile(r'"([^"]+)"')

@@ -22,21 +22,9 @@ from typing import Callable
 from whyrec.core.catalog import Catalog, EventKind, Item, strongest_kind
 from whyrec.core.follows import FollowCounts
 from whyrec.core.hardware import cpu_has_bf16
-from whyrec.core.schema import (
-    Attribution,
-    Evidence,
-    Fact,
-    FactKind,
-    FactTable,
-    RankedItem,
-)
+from whyrec.core.schema import Attribution, Evidence, Fact, FactKind, FactTable, RankedItem
 from whyrec.explainer.explainer import prompt_facts, prompt_slots
-from whyrec.explainer.facts import (
-    PAST_TENSE,
-    build_fact_table,
-    shared_category_name,
-    shared_use_words,
-)
+from whyrec.explainer.facts import PAST_TENSE, build_fact_table, shared_category_name, shared_use_words
 from whyrec.explainer.grounding import check_reason
 from whyrec.explainer.slots import fill_slots, with_slots
 from whyrec.explainer.templates import PromptTemplateSpec

@@ -14,12 +14,7 @@ from pathlib import Path
 from whyrec.core.config import Settings
 from whyrec.core.errors import ConfigError
 from whyrec.core.schema import Explanation, ExplanationSource, FactTable
-from whyrec.explainer import (
-    PromptTemplateSpec,
-    available_templates,
-    builtin_prompt_dir,
-    parse_template,
-)
+from whyrec.explainer import PromptTemplateSpec, available_templates, builtin_prompt_dir, parse_template
 from whyrec.pipeline.recommender import Recommender
 
 _VERSION_LINE = re.compile(r"(?m)^version:[ \t]*\d+[ \t]*$")

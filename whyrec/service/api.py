@@ -9,16 +9,7 @@ import time
 from datetime import datetime
 from typing import Annotated, Iterator
 
-from fastapi import (
-    APIRouter,
-    Depends,
-    FastAPI,
-    HTTPException,
-    Path,
-    Query,
-    Request,
-    status,
-)
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -28,34 +19,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from whyrec.core.config import Settings
 from whyrec.core.errors import UnknownItem, UnknownShopper, WhyrecError
-from whyrec.core.protocol import (
-    NO_CONTROL,
-    EventIn,
-    EventRecord,
-    ExplanationResponse,
-    FeedbackIn,
-    FeedbackRecord,
-    ImpressionRecord,
-    SlateOut,
-    WhyNotOut,
-    item_out,
-    why_not_out,
-)
-from whyrec.pipeline import (
-    TemplateRun,
-    compare_templates,
-    parse_template,
-    sample_tables,
-    templates,
-)
+from whyrec.core.protocol import NO_CONTROL, EventIn, EventRecord, ExplanationResponse, FeedbackIn, FeedbackRecord, ImpressionRecord, SlateOut, WhyNotOut, item_out, why_not_out
+from whyrec.pipeline import TemplateRun, compare_templates, parse_template, sample_tables, templates
 from whyrec.service.accounts import Role, StaffAccount, authenticate, load_accounts
 from whyrec.service.ratelimit import RateLimiter, retry_after_header
-from whyrec.service.service import (
-    ItemExplained,
-    SlateLogged,
-    SlateRanked,
-    WhyrecService,
-)
+from whyrec.service.service import ItemExplained, SlateLogged, SlateRanked, WhyrecService
 from whyrec.service.store import DatabaseUnavailable, UnknownImpression
 
 MAX_K = 50

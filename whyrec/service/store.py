@@ -17,46 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    create_engine,
-    event,
-    func,
-    select,
-)
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    mapped_column,
-    relationship,
-    selectinload,
-    sessionmaker,
-)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload, sessionmaker
 
 from whyrec.core.catalog import EventKind, Interaction
 from whyrec.core.errors import WhyrecError
-from whyrec.core.protocol import (
-    EventRecord,
-    FeedbackKind,
-    FeedbackRecord,
-    ImpressionItemRecord,
-    ImpressionRecord,
-    impression_item,
-)
-from whyrec.core.schema import (
-    RecommendedItem,
-    ShopperOverlay,
-    ShownSlate,
-)
+from whyrec.core.protocol import EventRecord, FeedbackKind, FeedbackRecord, ImpressionItemRecord, ImpressionRecord, impression_item
+from whyrec.core.schema import RecommendedItem, ShopperOverlay, ShownSlate
 from whyrec.service.spool import WriteQueue
 
 

@@ -12,15 +12,10 @@ import gradio as gr
 
 from whyrec.core.config import Settings
 from whyrec.core.errors import UnknownShopper, WhyrecError
+from whyrec.core.protocol import FeedbackKind
 from whyrec.core.schema import FactKind, RecommendedItem
 from whyrec.pipeline import short_title
-from whyrec.service.service import (
-    ItemExplained,
-    SlateLogged,
-    SlateRanked,
-    WhyrecService,
-)
-from whyrec.core.protocol import FeedbackKind
+from whyrec.service.service import ItemExplained, SlateLogged, SlateRanked, WhyrecService
 
 MAX_SHOPPERS_LISTED = 500
 _CHIP_LABEL = {

@@ -14,15 +14,7 @@ from whyrec.core.config import Settings
 from whyrec.core.errors import WhyrecError
 from whyrec.core.protocol import ImpressionItemRecord, ImpressionRecord
 from whyrec.core.schema import FactTable, WhyNot
-from whyrec.pipeline import (
-    GroundingVerdict,
-    check_reason,
-    compare_templates,
-    parse_template,
-    sample_tables,
-    save_folder,
-    save_new_version,
-)
+from whyrec.pipeline import GroundingVerdict, check_reason, compare_templates, parse_template, sample_tables, save_folder, save_new_version
 from whyrec.service.service import WhyrecService
 
 IMPRESSION_COLUMNS = ["served at (UTC)", "impression", "kind", "position", "rank", "source", "grounded", "prompt version"]
