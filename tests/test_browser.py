@@ -241,6 +241,16 @@ MODEL_BADGE = "written by the model, checked against the facts"
 WRITTEN_WITHIN_S = 20.0  # the goal for a shopper the background explainer had not reached
 
 
+def test_demo_serves_the_sample_store_on_localhost(demo):
+    """The same `whyrec demo` the next test reads (one start of it in the suite, not two)."""
+    page = urllib.request.urlopen(f"{demo}/", timeout=30).read().decode()
+    assert "whyrec" in page
+    port = demo.rsplit(":", 1)[1]
+    listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    local_addresses = [line.split()[3] for line in listening.splitlines()]
+    assert local_addresses == [f"127.0.0.1:{port}"]
+
+
 def test_the_demo_shows_checked_reasons_at_once_then_8_of_10_in_the_models_own_words_within_20s_in_place_and_the_next_visit_at_once(demo, page):
     from whyrec.core.config import Settings
     from whyrec.pipeline import load_data
