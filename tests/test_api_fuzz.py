@@ -24,8 +24,8 @@ def _closed_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_path_factory):
-    from whyrec.pipeline import Recommender, build_explainer
+def fuzz_app(slice_settings, slice_catalog, slice_ranker, tmp_path_factory):
+    from whyrec.pipeline import Recommender, build_explainer, build_retriever, embedding_retriever
     from whyrec.service.api import create_app
     from whyrec.service.service import WhyrecService
     from whyrec.service.store import Store
@@ -45,7 +45,10 @@ def fuzz_app(slice_settings, slice_catalog, slice_retriever, slice_ranker, tmp_p
         "staff_user": STAFF[0],
         "staff_password_hash": hash_password(STAFF[1], iterations=1_000),
     })
-    recommender = Recommender(settings, slice_catalog, slice_retriever, slice_ranker, build_explainer(settings))
+    # The fuzz adds and removes catalog items (/api/catalog): on an item index of its own, so the
+    # session's retriever stays as trained for the other tests.
+    retriever = build_retriever(slice_settings, slice_catalog, embedding_retriever(slice_settings, slice_catalog))
+    recommender = Recommender(settings, slice_catalog, retriever, slice_ranker, build_explainer(settings))
     return create_app(WhyrecService(recommender, Store(settings.database_url), ServiceMetrics()), settings)
 
 

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.integration
 ADMIN = ("admin", "admin pass")  # the single WHYREC_STAFF_USER account: every role
 SUPPORT = ("sam", "support pass")
 ENGINEER = ("pat", "engineer pass")
-ROLE_LOGIN = {Role.SUPPORT: SUPPORT, Role.PROMPT_ENGINEER: ENGINEER}
-OTHER_ROLE = {Role.SUPPORT: ENGINEER, Role.PROMPT_ENGINEER: SUPPORT}
+CATALOGUER = ("cat", "catalog pass")
+ROLE_LOGIN = {Role.SUPPORT: SUPPORT, Role.PROMPT_ENGINEER: ENGINEER, Role.CATALOG: CATALOGUER}
+OTHER_ROLE = {Role.SUPPORT: ENGINEER, Role.PROMPT_ENGINEER: SUPPORT, Role.CATALOG: SUPPORT}
 MARKER = "jane.quuxley@example.com"  # a shopper id: must never reach the LLM
 ASK = "a zorblat present for my desk, call me Jane Quuxley"  # a shopper's own words: nor must these
 NEEDLES = ("jane", "quuxley", "example.com", "zorblat")  # none of them occurs in the slice's item texts
@@ -34,7 +35,7 @@ def _hash(password: str) -> str:
 @pytest.fixture(scope="module")
 def accounts_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("accounts") / "staff-accounts"
-    path.write_text(f"# user:roles:hash\n{SUPPORT[0]}:support:{_hash(SUPPORT[1])}\n\n{ENGINEER[0]}:prompt_engineer:{_hash(ENGINEER[1])}\n")
+    path.write_text(f"# user:roles:hash\n{SUPPORT[0]}:support:{_hash(SUPPORT[1])}\n\n{ENGINEER[0]}:prompt_engineer:{_hash(ENGINEER[1])}\n{CATALOGUER[0]}:catalog:{_hash(CATALOGUER[1])}\n")
     return path
 
 
@@ -79,8 +80,13 @@ PROTECTED = {
     # A template the lab refuses (422) before running anything: past the login check, and cheap (the
     # full comparison runs in the Prompt lab test below).
     ("POST", "/api/prompts/compare"): (Role.PROMPT_ENGINEER, lambda s: {"url": "/api/prompts/compare", "json": {"template": BROKEN_TEMPLATE, "shoppers": 1}}),
+    # Requests the catalog refuses past the login check, so the session's shared catalog is left as it is
+    # (tests/test_catalog_live.py changes a catalog of its own).
+    ("POST", "/api/catalog/items"): (Role.CATALOG, lambda s: {"url": "/api/catalog/items", "json": {"item_id": s["item"]}}),
+    ("DELETE", "/api/catalog/items/{item_id}"): (Role.CATALOG, lambda s: {"url": "/api/catalog/items/no-such-item"}),
 }
-ANSWER = {("POST", "/api/prompts/compare"): 422}  # what the right role gets; 200 unless listed
+# What the right role gets; 200 unless listed.
+ANSWER = {("POST", "/api/prompts/compare"): 422, ("POST", "/api/catalog/items"): 422, ("DELETE", "/api/catalog/items/{item_id}"): 404}
 BROKEN_TEMPLATE = "name: x\nversion: 1\nvariables: [facts]\nmessages: []\n"
 VIEWS = {"/support": (Role.SUPPORT,), "/prompt-lab": (Role.PROMPT_ENGINEER,), "/staff": (Role.SUPPORT, Role.PROMPT_ENGINEER)}
 

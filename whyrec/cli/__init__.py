@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from whyrec.cli import shopper, training, evaluate, serving  # noqa: F401  # isort: skip - each registers its commands, in --help order
+from whyrec.cli import shopper, training, evaluate, serving, catalog  # noqa: F401  # isort: skip - each registers its commands, in --help order
 from whyrec.cli.app import app
 from whyrec.core.errors import WhyrecError
 

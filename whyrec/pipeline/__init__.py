@@ -39,7 +39,7 @@ from whyrec.pipeline.prompt_lab import (
     save_new_version,
 )
 from whyrec.pipeline.prompt_lab import compare as compare_templates
-from whyrec.pipeline.recommender import NoHistoryLeft, Recommender, topic_words
+from whyrec.pipeline.recommender import ItemAlreadyListed, ItemRemoved, NoHistoryLeft, Recommender, topic_words
 from whyrec.pipeline.training import (
     FeedbackSummary,
     TrainSummary,
@@ -62,6 +62,8 @@ __all__ = [
     "GenerationInterrupted",
     "GroundingVerdict",
     "Log",
+    "ItemAlreadyListed",
+    "ItemRemoved",
     "NoHistoryLeft",
     "PromptTemplateSpec",
     "Recommender",

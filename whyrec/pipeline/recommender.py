@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -17,7 +20,7 @@ from whyrec.core.catalog import (
     strongest_kind,
 )
 from whyrec.core.config import Settings
-from whyrec.core.errors import UnknownShopper, WhyrecError
+from whyrec.core.errors import UnknownItem, UnknownShopper, WhyrecError
 from whyrec.core.schema import (
     Change,
     Explanation,
@@ -38,9 +41,11 @@ from whyrec.explainer import (
     cold_start_fact_table,
 )
 from whyrec.pipeline.loading import Log, build_explainer, load_data, stderr_log
+from whyrec.pipeline.models import encoder_path
+from whyrec.pipeline.rwlock import ReadWriteLock
 from whyrec.pipeline.training import load_models
 from whyrec.ranker import CrossEncoderRanker, diversify
-from whyrec.retrieval import FusedRetriever, PopularItems
+from whyrec.retrieval import FusedRetriever, PopularItems, embed_items, load_encoder
 
 StageTimer = Callable[[str, float], None]
 TOPIC_POOL = 200  # candidates searched for items matching an asked topic
@@ -48,6 +53,31 @@ TOPIC_POOL = 200  # candidates searched for items matching an asked topic
 
 class NoHistoryLeft(WhyrecError):
     """Every item in the shopper's history was excluded ("don't use this purchase")."""
+
+
+class ItemRemoved(UnknownItem):
+    """The item was removed from the catalog while the shop runs: never a candidate, never explained."""
+
+    def __init__(self, item_id: str):
+        WhyrecError.__init__(self, f"item '{item_id}' was removed from the catalog")
+        self.item_id = item_id
+
+
+class ItemAlreadyListed(WhyrecError):
+    def __init__(self, item_id: str):
+        self.item_id = item_id
+        super().__init__(f"item '{item_id}' is already in the catalog")
+
+
+def _reading_catalog(method):
+    """Runs the method under the catalog lock's read side: no item is added or removed meanwhile."""
+
+    @functools.wraps(method)
+    def locked(self: "Recommender", *args, **kwargs):
+        with self._catalog_lock.reading():
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 @dataclass
@@ -60,6 +90,13 @@ class Recommender:
     # Called with ("retrieval" | "ranking" | "explanation", seconds) after each stage (the service's metrics).
     stage_timer: StageTimer | None = None
     _popular: PopularItems | None = field(default=None, init=False, repr=False)  # counted on first use
+    # Live catalog changes (add_item, remove_item). A removed item stays in catalog.items, since
+    # shoppers' histories may still name it, and is listed here.
+    catalog_version: int = field(default=0, init=False)  # one more after each change: what cached slates were ranked on
+    _removed: set[str] = field(default_factory=set, init=False, repr=False)
+    _catalog_lock: ReadWriteLock = field(default_factory=ReadWriteLock, init=False, repr=False)
+    _encoder: object | None = field(default=None, init=False, repr=False)  # loaded on the first added item
+    _encoder_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
     def load(cls, settings: Settings, log: Log = stderr_log) -> "Recommender":
@@ -79,6 +116,7 @@ class Recommender:
             overlay = replace(overlay, not_interested=overlay.not_interested | not_interested)
         return Recommendations(user_id, self.explain_slate(self.rank(user_id, k, overlay)))
 
+    @_reading_catalog
     def rank(
         self, user_id: str, k: int = 10, overlay: ShopperOverlay | None = None, topic: frozenset[str] = frozenset(), cold_start: bool = False
     ) -> RankedSlate:
@@ -127,9 +165,12 @@ class Recommender:
 
     def explain(self, user_id: str, item_id: str, overlay: ShopperOverlay | None = None, deadline: float | None = None) -> RecommendedItem:
         """The explanation for any item, also one outside the shopper's top-k: it is ranked among the candidates."""
-        ranking = self._rank_including(user_id, item_id, overlay, self.settings.candidates)
-        return self._explained(user_id, ranking, deadline)
+        with self._catalog_lock.reading():  # not over the generation: a catalog change waits for rankings only
+            ranking = self._rank_including(user_id, item_id, overlay, self.settings.candidates)
+            table = self._target_table(user_id, ranking)
+        return self._explained(ranking, table, deadline)
 
+    @_reading_catalog
     def why_not(self, user_id: str, item_id: str, k: int = 10, overlay: ShopperOverlay | None = None) -> WhyNot:
         """Where an item stands against the k items the shopper would be shown now, and what would
         change that: counterfactuals from the ranker, no generated text."""
@@ -142,16 +183,57 @@ class Recommender:
         """`explain` and `why_not` of one item from one ranking (what an agent or shopper asking
         "why this?" is shown)."""
         overlay = overlay or ShopperOverlay()
-        ranking = self._rank_including(user_id, item_id, overlay, k)
-        return self._explained(user_id, ranking, deadline), self._why_not(user_id, ranking, k, overlay)
+        with self._catalog_lock.reading():  # not over the generation, as in explain()
+            ranking = self._rank_including(user_id, item_id, overlay, k)
+            table, why_not = self._target_table(user_id, ranking), self._why_not(user_id, ranking, k, overlay)
+        return self._explained(ranking, table, deadline), why_not
+
+    def listed(self, item_id: str) -> bool:
+        """The item is in the catalog and not removed: a candidate for every shopper."""
+        return item_id in self.catalog.items and item_id not in self._removed
+
+    def check_listed(self, item_id: str) -> None:
+        """Raises UnknownItem (ItemRemoved for a removed item) unless the item is listed."""
+        self.catalog.item(item_id)  # UnknownItem
+        if item_id in self._removed:
+            raise ItemRemoved(item_id)
+
+    def add_item(self, item: Item) -> None:
+        """A new item (or a removed one back, with these fields) is a candidate from the next request
+        on, found by its text: it is embedded with the retrieval encoder and added to the item
+        index. Co-occurrence and the sequence model learn it at the next `whyrec train` (with the
+        item in the shop's data); until then they are neutral about it. Raises ItemAlreadyListed,
+        changing nothing, when the item is listed."""
+        if self.listed(item.item_id):
+            raise ItemAlreadyListed(item.item_id)
+        vector = embed_items(self._item_encoder(), [item], show_progress=False)  # before the lock: requests go on meanwhile
+        with self._catalog_lock.writing():
+            if self.listed(item.item_id):  # added by another thread meanwhile
+                raise ItemAlreadyListed(item.item_id)
+            # A new mapping rather than an edit of the one a view may be iterating (and may share).
+            self.catalog = _with_item(self.catalog, item)
+            self.retriever.add_items([item.item_id], vector)
+            self._removed.discard(item.item_id)
+            self.catalog_version += 1
+
+    def remove_item(self, item_id: str) -> None:
+        """The item is never a candidate or explained again (it may stay in shoppers' histories).
+        Raises UnknownItem (ItemRemoved when it was removed before), changing nothing, unless it is listed."""
+        with self._catalog_lock.writing():
+            self.check_listed(item_id)
+            self.retriever.remove_items([item_id])
+            self._removed.add(item_id)
+            self.catalog_version += 1
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         """The names of `RankedItem.features`: the candidate sources' scores, in order."""
         return self.retriever.feature_names
 
-    def _explained(self, user_id: str, ranking: "_Ranking", deadline: float | None) -> RecommendedItem:
-        table = self._fact_tables(user_id, ranking.events, ranking.history, [ranking.target])[0]
+    def _target_table(self, user_id: str, ranking: "_Ranking") -> FactTable:
+        return self._fact_tables(user_id, ranking.events, ranking.history, [ranking.target])[0]
+
+    def _explained(self, ranking: "_Ranking", table: FactTable, deadline: float | None) -> RecommendedItem:
         with self._stage("explanation"):
             explanation = self.explainer.explain([table], _seconds_left(deadline))[0]
         return self._recommended(ranking.target, explanation, table)
@@ -199,7 +281,7 @@ class Recommender:
     def _rank_including(self, user_id: str, item_id: str, overlay: ShopperOverlay | None, n: int) -> "_Ranking":
         """The shopper's top-n candidates plus `item_id`, ranked, with attributions for `item_id`."""
         events, history, exclude = self._shopper(user_id, overlay)
-        self.catalog.item(item_id)
+        self.check_listed(item_id)
         with self._stage("retrieval"):
             candidates = self.retriever.candidates(history, max(self.settings.candidates, n), exclude)
             proposed = frozenset(c.item_id for c in candidates)
@@ -240,7 +322,7 @@ class Recommender:
             self._popular = PopularItems(self.catalog.interactions)
         popular = self._popular
         bought = {e.item_id for e in overlay.events if e.kind is EventKind.PURCHASE}
-        exclude = bought | overlay.not_interested | overlay.excluded_history
+        exclude = bought | overlay.not_interested | overlay.excluded_history | self._removed
         with self._stage("retrieval"):
             matching = popular.pick(k, exclude, lambda i: _mentions(self.catalog.items[i], topic)) if topic else []
             picks = matching or popular.pick(k, exclude)
@@ -258,6 +340,14 @@ class Recommender:
 
     def _slate(self, ranked: list[RankedItem], k: int) -> list[RankedItem]:
         return diversify(ranked, self.retriever.index.vector, k, self.settings.diversity)
+
+    def _item_encoder(self):
+        """The retrieval encoder, loaded on first use: a serving process reads the catalog's vectors
+        from the embedding cache and needs it only for items added while it runs."""
+        with self._encoder_lock:
+            if self._encoder is None:
+                self._encoder = load_encoder(encoder_path(self.settings), self.settings.resolved_device())
+            return self._encoder
 
     def _stage(self, name: str):
         return _timed(name, self.stage_timer)
@@ -289,6 +379,13 @@ class _Ranking:
     ranked: list[RankedItem]
     target: RankedItem
     proposed: frozenset[str]  # what the candidate stage proposed on its own (without the asked item)
+
+
+def _with_item(catalog: Catalog, item: Item) -> Catalog:
+    """The catalog with this item added or replaced; the events are shared, not copied."""
+    changed = copy.copy(catalog)
+    changed.items = {**catalog.items, item.item_id: item}
+    return changed
 
 
 def _seconds_left(deadline: float | None) -> float | None:

@@ -52,22 +52,65 @@ class FusedRetriever:
         self.sequence = sequence
         self.weights = weights
         self.follows = follows  # the counts collaborative reasons state; None: no such reasons
-        self.item_ids = embedding.index.item_ids
-        self.position = embedding.index.position
+        # Index row -> sequence model row (-1: an item added since training), once items are added
+        # or removed; None while the index lists the model's items row for row.
+        self._sequence_columns: np.ndarray | None = None
 
     @property
     def index(self):
         return self.embedding.index
 
+    @property
+    def item_ids(self) -> list[str]:
+        """The live items, row for row of every score matrix: only these are ever scored or proposed."""
+        return self.embedding.index.item_ids
+
+    @property
+    def position(self) -> dict[str, int]:
+        return self.embedding.index.position
+
+    def add_items(self, item_ids: list[str], vectors: np.ndarray) -> None:
+        """New items become candidates at once, found by their text; co-occurrence and the sequence
+        model know them only after the next `whyrec train`, and are neutral about them until then.
+        Not safe against concurrent reads: the caller holds them off (the Recommender's lock)."""
+        self.index.add(item_ids, vectors)
+        self._align_sequence()
+
+    def remove_items(self, item_ids: list[str]) -> None:
+        """Removed items are never scored or proposed again by any source: every source is read over
+        the index's live items only. They may stay in histories (the sequence model still reads them there)."""
+        self.index.remove(item_ids)
+        self._align_sequence()
+
+    def _align_sequence(self) -> None:
+        self._sequence_columns = np.array([self.sequence.row.get(i, 0) - 1 for i in self.item_ids], dtype=np.int64)
+
+    def _sequence_scores(self, histories: list[list[str]]) -> np.ndarray:
+        """[len(histories), len(item_ids)]: the sequence model's scores of the live items. An item it
+        was not trained on gets the mean score of the others: no opinion, neither for nor against."""
+        scores = self.sequence.score_matrix(histories)
+        columns = self._sequence_columns
+        if columns is None:
+            return scores
+        known = columns >= 0
+        aligned = np.zeros((len(histories), len(columns)), dtype=np.float32)
+        aligned[:, known] = scores[:, columns[known]]
+        if known.any() and not known.all():
+            aligned[:, ~known] = aligned[:, known].mean(axis=1, keepdims=True)
+        return aligned
+
     def source_scores(self, histories: list[list[str]]) -> np.ndarray:
         """[len(histories), 3, n_items]: each source's scores, standardised over the items not in the history."""
         raw = np.empty((len(histories), len(FEATURES), len(self.item_ids)), dtype=np.float32)
-        raw[:, 2, :] = self.sequence.score_matrix(histories)
+        raw[:, 2, :] = self._sequence_scores(histories)
         for h, history in enumerate(histories):
-            raw[h, 0, :] = self.embedding.index.vectors @ self.embedding.query(history)
+            # A history of removed items only has no text to query with: the text source is silent.
+            live = any(i in self.position for i in history)
+            raw[h, 0, :] = self.embedding.index.vectors @ self.embedding.query(history) if live else 0.0
             co = np.zeros(len(self.item_ids), dtype=np.float32)
             for item_id, score in self.cooccurrence.item_scores(history).items():
-                co[self.position[item_id]] = score
+                if item_id in self.position:  # not a removed item
+                    co[self.position[item_id]] = score
             # Co-occurrence scores are heavy-tailed; the log keeps one strong pair from drowning the rest.
             raw[h, 1, :] = np.log1p(10.0 * co)
             keep = np.ones(len(self.item_ids), dtype=bool)
@@ -124,7 +167,7 @@ class FusedRetriever:
         if not history_item_ids or not item_ids:
             return {}
         own = FollowCounts(shopper_events, self.follows.window) if self.follows else None
-        scores = self.sequence.score_matrix([[h] for h in history_item_ids])
+        scores = self._sequence_scores([[h] for h in history_item_ids])
         out = {}
         for row, h in zip(scores, history_item_ids):
             row = row.copy()
@@ -138,7 +181,8 @@ class FusedRetriever:
                     item_id,
                     bought_after=self.follows.bought_after(h, item_id) - own.bought_after(h, item_id) if self.follows else 0,
                     viewed_after=self.follows.viewed_after(h, item_id) - own.viewed_after(h, item_id) if self.follows else 0,
-                    next_rank=place if place <= NEXT_RANK_LIMIT else None,
+                    # An item added since training has no place of its own among the model's picks.
+                    next_rank=place if place <= NEXT_RANK_LIMIT and item_id in self.sequence.row else None,
                 )
         return out
 

@@ -1,5 +1,6 @@
 """Staff accounts and their roles. Support agents read the impression log and ask "why not";
-prompt engineers use the Prompt lab. Passwords are kept only as hashes (whyrec.service.passwords).
+prompt engineers use the Prompt lab; catalog staff add and remove items while the shop runs
+(/api/catalog, `whyrec catalog`). Passwords are kept only as hashes (whyrec.service.passwords).
 
 Accounts come from a file named by WHYREC_STAFF_ACCOUNTS, one account a line:
 
@@ -25,6 +26,7 @@ from whyrec.service.passwords import ALGORITHM, verify_password
 class Role(str, Enum):
     SUPPORT = "support"
     PROMPT_ENGINEER = "prompt_engineer"
+    CATALOG = "catalog"
 
 
 @dataclass(frozen=True)

@@ -344,6 +344,8 @@ def create_app(service: WhyrecService, settings: Settings) -> FastAPI:
     app.state.accounts = load_accounts(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst) if settings.rate_limit_per_minute else None
     app.include_router(router)
+    from whyrec.service.catalog_api import catalog_router  # imported here: it imports this module (require_role)
+    app.include_router(catalog_router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _unreadable_body)

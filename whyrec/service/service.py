@@ -19,6 +19,7 @@ from whyrec.core.protocol import EventRecord, FeedbackKind, FeedbackRecord, Impr
 from whyrec.core.schema import FactTable, RankedSlate, RecommendedItem, WhyNot
 from whyrec.pipeline import ExplanationStore, Recommender, topic_words
 from whyrec.service.background import BackgroundExplainer
+from whyrec.service.catalog_changes import POLL_S, CatalogChangeLog, LiveCatalog
 from whyrec.service.jobqueue import JobQueue, SlateJob
 from whyrec.service.store import DatabaseUnavailable, Store
 from whyrec.service.telemetry import ServiceMetrics
@@ -71,11 +72,15 @@ class ServedExplanation:
 
 
 class WhyrecService:
-    def __init__(self, recommender: Recommender, store: Store, metrics: ServiceMetrics):
+    def __init__(self, recommender: Recommender, store: Store, metrics: ServiceMetrics, catalog_poll_s: float = POLL_S):
         self.recommender = recommender
         self.store = store
         self.metrics = metrics
         recommender.stage_timer = metrics.observe_stage
+        # Staff catalog changes are kept in this database: replayed now, then picked up (from other
+        # replicas and `whyrec catalog`) by the requests that rank.
+        self.live_catalog = LiveCatalog(CatalogChangeLog(store.engine), recommender, catalog_poll_s)
+        self.live_catalog.catch_up()
         # The explainer's in-memory cache is the front of the explanation store in this service's
         # database: texts outlive restarts and are shared by the replicas on one database.
         cache = recommender.explainer.cache
@@ -151,8 +156,9 @@ class WhyrecService:
     def _ranked(self, user_id: str, k: int, topic: frozenset[str]) -> RankedSlate:
         """The shopper's slate for their current state: ranked once (by the page or the background
         explainer) and kept, so a warm page costs lookups, not a ranker pass."""
+        self.live_catalog.catch_up()
         overlay = self.store.overlay(user_id)
-        key = (user_id, _state_of(overlay), k, topic)
+        key = (user_id, _state_of(overlay), k, topic, self.recommender.catalog_version)
         found = self._slates.get(key)
         if found is not None:
             return found
@@ -228,6 +234,7 @@ class WhyrecService:
     def explain(self, user_id: str, item_id: str, k: int) -> ServedExplanation:
         """Why an item is (or is not) in the shopper's top k, with its explanation; logged as shown."""
         deadline = self._deadline()
+        self.live_catalog.catch_up()
         overlay = self.store.overlay(user_id)
         entry, why_not = self.recommender.explain_and_why_not(user_id, item_id, k, overlay, deadline)
         history = self.recommender.history_events(user_id, overlay)
