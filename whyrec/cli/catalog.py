@@ -35,7 +35,7 @@ def add(
     """Add an item: a retrieval candidate, found by its text, as soon as the service picks the change up.
 
     Co-occurrence and the sequence model learn it at the next `whyrec train` (with the item in the data). A removed item may be added back."""
-    from whyrec.service.catalog_changes import CatalogAction, CatalogItem
+    from whyrec.core.protocol import CatalogAction, CatalogItem
 
     try:
         item = CatalogItem(item_id=item_id, title=title, brand=brand, categories=categories or [], description=description, price=price)
@@ -52,7 +52,7 @@ def remove(
     as_json: bool = JsonOption,
 ):
     """Remove an item: never a candidate, shown or explained again once the service picks the change up (it may stay in shoppers' histories)."""
-    from whyrec.service.catalog_changes import CatalogAction
+    from whyrec.core.protocol import CatalogAction
 
     _print(_record(data, database_url, CatalogAction.REMOVE, item_id, None), as_json)
 
@@ -63,8 +63,9 @@ _OPTION = {"item_id": "id", "categories": "category"}  # CatalogItem's field -> 
 def _record(data: Optional[Path], database_url: Optional[str], action, item_id: str, item):
     """Record the change after checking it against the data with the changes recorded so far
     replayed, as the services see it: a one-line error, and nothing recorded, if it cannot apply."""
+    from whyrec.core.protocol import CatalogAction
     from whyrec.pipeline import ItemAlreadyListed, ItemRemoved, load_data
-    from whyrec.service.catalog_changes import CatalogAction, CatalogChangeLog, replayed
+    from whyrec.service.catalog_changes import CatalogChangeLog, replayed
     from whyrec.service.store import Store
 
     settings = _settings(data, database_url=database_url)

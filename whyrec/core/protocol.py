@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from whyrec.core.catalog import EventKind
+from whyrec.core.catalog import EventKind, Item
 from whyrec.core.schema import Fact, RecommendedItem, WhyNot, fact_to_dict
 
 # Ids and texts may be any Unicode except control characters (C0, DEL, C1): those are never part of
@@ -209,6 +210,44 @@ class FeedbackIn(BaseModel):
     kind: FeedbackKind
     item_id: str | None = Field(None, min_length=1, max_length=200, pattern=NO_CONTROL)
     impression_id: str | None = Field(None, min_length=1, max_length=64, pattern=NO_CONTROL, description="required for helpful / not_helpful")
+
+
+# ---- live catalog changes (staff) ----
+
+_Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_CONTROL)]
+_Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500, pattern=NO_CONTROL)]
+
+
+class CatalogAction(str, Enum):
+    ADD = "add"
+    REMOVE = "remove"
+
+
+class CatalogItem(BaseModel):
+    """A new item's fields (`whyrec.core.catalog.Item`), as the API and the CLI take them and the change log keeps them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: _Id
+    title: _Name
+    brand: _Name | None = None
+    categories: list[_Name] = Field(default_factory=list, max_length=10, description="the category path, broadest first")
+    description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=5000, pattern=NO_CONTROL)] = ""
+    price: float | None = Field(None, ge=0, allow_inf_nan=False)
+
+    def to_item(self) -> Item:
+        return Item(self.item_id, self.title, self.brand, tuple(self.categories), self.description, self.price)
+
+
+class CatalogChange(BaseModel):
+    """One recorded change."""
+
+    change_id: int
+    action: CatalogAction
+    item_id: str
+    item: CatalogItem | None = Field(description="the added item's fields; null for a removal")
+    staff_user: str
+    created_at: datetime
 
 
 # ---- the converter ----

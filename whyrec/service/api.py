@@ -352,7 +352,9 @@ def create_app(service: WhyrecService, settings: Settings) -> FastAPI:
 
     @app.exception_handler(WhyrecError)
     def _user_error(_request: Request, exc: WhyrecError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=_STATUS.get(type(exc), 422))
+        # The first kind it is (ItemRemoved is an UnknownItem): 404 for an id that names nothing here.
+        code = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 422)
+        return JSONResponse({"detail": str(exc)}, status_code=code)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     def metrics() -> Response:

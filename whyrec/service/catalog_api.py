@@ -10,10 +10,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, status
 
 from whyrec.core.errors import UnknownItem
+from whyrec.core.protocol import CatalogChange, CatalogItem
 from whyrec.pipeline import ItemAlreadyListed
 from whyrec.service.accounts import Role, StaffAccount
 from whyrec.service.api import ErrorOut, ItemId, Service, require_role
-from whyrec.service.catalog_changes import CatalogChange, CatalogItem
 
 CatalogStaff = Annotated[StaffAccount, Depends(require_role(Role.CATALOG))]
 

@@ -11,59 +11,18 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from enum import Enum
-from typing import Annotated, Iterable, Iterator
+from typing import Iterable, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import DateTime, Engine, Integer, String, Text, func, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from whyrec.core.catalog import Item
 from whyrec.core.errors import WhyrecError
+from whyrec.core.protocol import CatalogAction, CatalogChange, CatalogItem
 from whyrec.pipeline import Recommender
 from whyrec.service.store import DatabaseUnavailable
 
 POLL_S = 2.0  # how stale a replica's catalog may be: it looks for others' changes at most this often
-
-# The API's rule for ids and texts (NO_CONTROL in whyrec.service.api, which imports this module
-# through the service): no control characters, which are never part of an id or a title.
-_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
-_Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=_NO_CONTROL)]
-_Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500, pattern=_NO_CONTROL)]
-
-
-class CatalogAction(str, Enum):
-    ADD = "add"
-    REMOVE = "remove"
-
-
-class CatalogItem(BaseModel):
-    """A new item's fields (`whyrec.core.catalog.Item`), as the API and the CLI take them and the change log keeps them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    item_id: _Id
-    title: _Name
-    brand: _Name | None = None
-    categories: list[_Name] = Field(default_factory=list, max_length=10, description="the category path, broadest first")
-    description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=5000, pattern=_NO_CONTROL)] = ""
-    price: float | None = Field(None, ge=0, allow_inf_nan=False)
-
-    def to_item(self) -> Item:
-        return Item(self.item_id, self.title, self.brand, tuple(self.categories), self.description, self.price)
-
-
-class CatalogChange(BaseModel):
-    """One recorded change."""
-
-    change_id: int
-    action: CatalogAction
-    item_id: str
-    item: CatalogItem | None = Field(description="the added item's fields; null for a removal")
-    staff_user: str
-    created_at: datetime
-
 
 class _Base(DeclarativeBase):
     pass
