@@ -64,7 +64,8 @@ def test_train_feedback_updates_the_serving_ranker_when_held_out_slates_improve(
     checkpoint = Path(summary["report"]["checkpoint"])
     assert checkpoint.is_relative_to(own_cache)
     meta = json.loads((checkpoint / CHECKPOINT_META).read_text())
-    assert meta["feedback_rounds"] == 1 and meta["feedback_groups"] == summary["report"]["groups"]
+    manifest = json.loads((checkpoint.parent / "manifest.json").read_text())
+    assert manifest["feedback_rounds"] == 1 and meta["feedback_groups"] == summary["report"]["groups"]
 
 
 def test_train_feedback_with_an_empty_log_is_a_one_line_error(office_slice, cache_dir, slice_training, tmp_path):

@@ -40,10 +40,13 @@ from whyrec.pipeline.prompt_lab import (
 )
 from whyrec.pipeline.prompt_lab import compare as compare_templates
 from whyrec.pipeline.recommender import ItemAlreadyListed, ItemRemoved, NoHistoryLeft, Recommender, topic_words
+from whyrec.pipeline.manifest import TrainedManifest
 from whyrec.pipeline.training import (
     FeedbackSummary,
+    TrainedModels,
     TrainSummary,
     load_models,
+    load_trained,
     train,
     train_from_feedback,
 )
@@ -68,6 +71,8 @@ __all__ = [
     "PromptTemplateSpec",
     "Recommender",
     "TrainSummary",
+    "TrainedManifest",
+    "TrainedModels",
     "available_templates",
     "build_explainer",
     "build_retriever",
@@ -80,6 +85,7 @@ __all__ = [
     "interruptible",
     "load_data",
     "load_models",
+    "load_trained",
     "models_folder",
     "parse_template",
     "ranker_folder",

@@ -1,5 +1,5 @@
-"""Where the trained state and the data live, and loading them: the data folder, the model folders,
-the embedded catalog, the fused candidate stage and the configured explainer."""
+"""Where the trained state and the data live, and loading them: the data folder, the model folders
+and their manifest, the embedded catalog, the fused candidate stage and the configured explainer."""
 
 from __future__ import annotations
 
@@ -14,24 +14,10 @@ from whyrec.core.config import Settings
 from whyrec.core.errors import ConfigError
 from whyrec.core.follows import FollowCounts
 from whyrec.core.loaders import load_catalog
-from whyrec.explainer import (
-    Explainer,
-    ExplanationCache,
-    PromptTemplateSpec,
-    load_template,
-    make_chat_model,
-)
+from whyrec.explainer import Explainer, ExplanationCache, PromptTemplateSpec, load_template, make_chat_model
 from whyrec.pipeline import models
-from whyrec.retrieval import (
-    CooccurrenceRetriever,
-    EmbeddingRetriever,
-    FusedRetriever,
-    FusionWeights,
-    ItemIndex,
-    SequenceRetriever,
-    embed_items,
-    load_encoder,
-)
+from whyrec.pipeline.manifest import TrainedManifest, check_settings, read_manifest
+from whyrec.retrieval import CooccurrenceRetriever, EmbeddingRetriever, FusedRetriever, FusionWeights, ItemIndex, SequenceRetriever, embed_items, load_encoder
 
 Log = Callable[[str], None]
 
@@ -72,8 +58,21 @@ def sequence_folder(settings: Settings, catalog: Catalog) -> Path:
     return models_folder(settings, catalog) / "sequence"
 
 
+def retrain_command(settings: Settings) -> str:
+    return f"whyrec train --data {data_folder(settings)}"
+
+
+def trained_manifest(settings: Settings, catalog: Catalog) -> TrainedManifest:
+    """The manifest of the models trained on this data, checked against the settings the user set."""
+    folder = models_folder(settings, catalog)
+    manifest = read_manifest(folder, retrain_command(settings))
+    check_settings(manifest, settings, folder, retrain_command(settings))
+    return manifest
+
+
 def embedding_retriever(settings: Settings, catalog: Catalog, encoder=None, log: Log = stderr_log) -> EmbeddingRetriever:
-    """Embed the catalog (cached per item texts and encoder) and index it."""
+    """Embed the catalog (cached per item texts and encoder) and index it, reading the configured
+    history window (what training uses; `build_retriever` serves with the manifest's)."""
     encoder_path = models.encoder_path(settings)
     item_ids = sorted(catalog.items)
     cache_file = (
@@ -96,20 +95,38 @@ def embedding_retriever(settings: Settings, catalog: Catalog, encoder=None, log:
     return EmbeddingRetriever(index, history_window=settings.history_window)
 
 
-def build_retriever(settings: Settings, catalog: Catalog, embedding: EmbeddingRetriever, sequences: list[list[str]] | None = None) -> FusedRetriever:
-    """The fused candidate stage. Co-occurrence is counted on `sequences` (default: every shopper's
-    whole sequence, and then the shopper counts that collaborative reasons state are counted on
-    every event); the sequence model and the fusion weights come from `whyrec train`."""
+def build_retriever(
+    settings: Settings,
+    catalog: Catalog,
+    embedding: EmbeddingRetriever,
+    sequences: list[list[str]] | None = None,
+    manifest: TrainedManifest | None = None,
+) -> FusedRetriever:
+    """The fused candidate stage as `whyrec train` left it: the sequence model, and the history
+    window and fusion weights of the manifest (read here unless given); `embedding` lends its item
+    index. Co-occurrence is counted on `sequences` (default: every shopper's whole sequence, and then
+    the shopper counts that collaborative reasons state are counted on every event)."""
+    manifest = manifest or trained_manifest(settings, catalog)
+    if manifest.feature_names != FusedRetriever.feature_names:
+        raise ConfigError(
+            f"the models at {models_folder(settings, catalog)} were trained on the retrieval features {', '.join(manifest.feature_names)}, "
+            f"this whyrec computes {', '.join(FusedRetriever.feature_names)}: run `{retrain_command(settings)}`"
+        )
     folder = sequence_folder(settings, catalog)
     if not folder.exists():
-        raise ConfigError(f"no sequence model for this data at {folder}; run `whyrec train --data {data_folder(settings)}`")
+        raise ConfigError(f"no sequence model for this data at {folder}; run `{retrain_command(settings)}`")
     sequence = SequenceRetriever.load(folder, embedding.index.vectors)
     follows = None
     if sequences is None:
         sequences = [catalog.sequence(u) for u in catalog.users]
         follows = FollowCounts(catalog.interactions)
-    cooccurrence = CooccurrenceRetriever(sequences, history_window=settings.history_window)
-    return FusedRetriever(embedding, cooccurrence, sequence, FusionWeights(**sequence.metadata["fusion_weights"]), follows)
+    cooccurrence = CooccurrenceRetriever(sequences, history_window=manifest.history_window)
+    return FusedRetriever(with_window(embedding, manifest.history_window), cooccurrence, sequence, FusionWeights(**manifest.fusion_weights), follows)
+
+
+def with_window(embedding: EmbeddingRetriever, history_window: int) -> EmbeddingRetriever:
+    """The same item index, queried with the recent `history_window` items."""
+    return EmbeddingRetriever(embedding.index, history_window=history_window, matches_per_candidate=embedding.matches_per_candidate)
 
 
 def default_adapter_folder(settings: Settings, template: PromptTemplateSpec) -> Path:
@@ -137,9 +154,13 @@ def resolve_adapter(settings: Settings, template: PromptTemplateSpec) -> Path | 
     return None
 
 
+def configured_template(settings: Settings) -> PromptTemplateSpec:
+    return load_template(settings.prompt, settings.prompt_version, extra_dirs=[settings.prompts_dir] if settings.prompts_dir else [])
+
+
 def build_explainer(settings: Settings, log: Log = stderr_log) -> Explainer:
     """The configured explainer, with the adapter `resolve_adapter` picks."""
-    template = load_template(settings.prompt, settings.prompt_version, extra_dirs=[settings.prompts_dir] if settings.prompts_dir else [])
+    template = configured_template(settings)
     settings = settings.model_copy(update={"adapter": resolve_adapter(settings, template)})
     generator = None if settings.llm_url else models.generator_path(settings, progress=log)
     chat_model, model_name = make_chat_model(settings, generator)

@@ -43,7 +43,8 @@ from whyrec.explainer import (
 from whyrec.pipeline.loading import Log, build_explainer, load_data, stderr_log
 from whyrec.pipeline.models import encoder_path
 from whyrec.pipeline.rwlock import ReadWriteLock
-from whyrec.pipeline.training import load_models
+from whyrec.pipeline.manifest import TrainedManifest
+from whyrec.pipeline.training import load_trained
 from whyrec.ranker import CrossEncoderRanker, diversify
 from whyrec.retrieval import FusedRetriever, PopularItems, embed_items, load_encoder
 
@@ -89,6 +90,8 @@ class Recommender:
     explainer: Explainer
     # Called with ("retrieval" | "ranking" | "explanation", seconds) after each stage (the service's metrics).
     stage_timer: StageTimer | None = None
+    # What `whyrec train` recorded about the loaded models (None: stages handed in without one).
+    manifest: TrainedManifest | None = None
     _popular: PopularItems | None = field(default=None, init=False, repr=False)  # counted on first use
     # Live catalog changes (add_item, remove_item). A removed item stays in catalog.items, since
     # shoppers' histories may still name it, and is listed here.
@@ -102,10 +105,10 @@ class Recommender:
     def load(cls, settings: Settings, log: Log = stderr_log) -> "Recommender":
         started = time.time()
         catalog = load_data(settings)
-        retriever, ranker = load_models(settings, catalog, log=log)
+        trained = load_trained(settings, catalog, log=log)
         explainer = build_explainer(settings, log=log)
         log(f"whyrec ready on {catalog!r} in {time.time() - started:.1f}s")
-        return cls(settings, catalog, retriever, ranker, explainer)
+        return cls(settings, catalog, trained.retriever, trained.ranker, explainer, manifest=trained.manifest)
 
     def recommend(
         self, user_id: str, k: int = 10, not_interested: frozenset[str] = frozenset(), overlay: ShopperOverlay | None = None
@@ -356,7 +359,8 @@ class Recommender:
         return [self.catalog.items[i] for i in item_ids]
 
     def _fact_tables(self, user_id: str, events: list[Interaction], history: list[str], ranked: list[RankedItem]) -> list[FactTable]:
-        recent_ids = history[-self.settings.history_window :]
+        # The window the ranker's attributions read, which loading checked against the manifest.
+        recent_ids = history[-self.ranker.history_window :]
         recent = [(self.catalog.items[i], strongest_kind(events, i)) for i in recent_ids]
         try:
             counted = self.catalog.events(user_id)  # the shopper's own part of the shop's counts

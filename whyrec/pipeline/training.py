@@ -1,52 +1,36 @@
 """Training everything that learns from the shop's interactions, and loading it for serving (training
-first when it is missing and allowed)."""
+first when it is missing and allowed). `whyrec train` ends by writing the manifest every later load
+reads (whyrec.pipeline.manifest)."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 
 from whyrec.core.catalog import Catalog, fingerprint
 from whyrec.core.config import Settings
 from whyrec.core.errors import ConfigError, WhyrecError
-from whyrec.core.schema import (
-    ShownSlate,
-)
+from whyrec.core.schema import ShownSlate
 from whyrec.core.split import leave_one_out
 from whyrec.pipeline import models
 from whyrec.pipeline.loading import (
     Log,
     build_retriever,
-    data_folder,
+    configured_template,
     embedding_retriever,
     models_folder,
     ranker_folder,
+    resolve_adapter,
+    retrain_command,
     sequence_folder,
     stderr_log,
+    trained_manifest,
+    with_window,
 )
-from whyrec.ranker import (
-    CHECKPOINT_META,
-    FEATURE_SCALE,
-    CrossEncoderRanker,
-    FeedbackConfig,
-    FeedbackReport,
-    TrainConfig,
-    TrainReport,
-    engaged_above_skipped,
-    train_on_feedback,
-    train_ranker,
-)
-from whyrec.retrieval import (
-    CooccurrenceRetriever,
-    EmbeddingRetriever,
-    FusedRetriever,
-    FusionWeights,
-    SequenceConfig,
-    refit_sequence_model,
-    train_sequence_model,
-    tune_weights,
-)
+from whyrec.pipeline.manifest import MANIFEST_FILE, TrainedManifest, check_stage
+from whyrec.ranker import FEATURE_SCALE, CrossEncoderRanker, FeedbackConfig, FeedbackReport, TrainConfig, TrainReport, engaged_above_skipped, train_on_feedback, train_ranker
+from whyrec.retrieval import CooccurrenceRetriever, EmbeddingRetriever, FusedRetriever, FusionWeights, SequenceConfig, refit_sequence_model, train_sequence_model, tune_weights
 
 
 @dataclass
@@ -77,8 +61,19 @@ def train(
     with hard negatives from those sources. The sequence model that is saved for serving is then
     refit, for the early-stopped number of epochs, on every shopper's sequence up to their last
     item: the validation transitions are the shop's most recent ones (co-occurrence counts them at
-    serving time too), and the last item stays unseen so the offline evaluation is untouched."""
+    serving time too), and the last item stays unseen so the offline evaluation is untouched.
+
+    The manifest of the models it replaces goes first and the new one is written last, so a run
+    that fails leaves a folder that loading refuses (naming `whyrec train`) rather than one whose
+    manifest describes other models."""
     started = time.time()
+    window = settings.history_window
+    template = configured_template(settings)  # before hours of training: a bad prompt setting fails now
+    adapter = resolve_adapter(settings, template)
+    folder = models_folder(settings, catalog)
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)
+    # Every stage trains with the configured window, whatever the passed embedding was built with.
+    embedding = with_window(embedding, window)
     split = leave_one_out(catalog)
     train_sequences = list(split.train.values())
     valid = [(c.history, c.target) for c in split.valid]
@@ -86,7 +81,7 @@ def train(
     sequence, sequence_report = train_sequence_model(
         embedding.index.item_ids, train_sequences, valid, embedding.index.vectors, sequence_config, log=log
     )
-    retriever = FusedRetriever(embedding, CooccurrenceRetriever(train_sequences, history_window=settings.history_window), sequence)
+    retriever = FusedRetriever(embedding, CooccurrenceRetriever(train_sequences, history_window=window), sequence)
     weights, recall = tune_weights(retriever, valid) if valid else (FusionWeights(), 0.0)
     retriever.weights = weights
     log(f"2/4 fusion weights {asdict(weights)}: candidate recall@50 {recall:.4f} on the validation items")
@@ -98,13 +93,13 @@ def train(
     refit_started = time.time()
     served = refit_sequence_model(embedding.index.item_ids, refit_sequences, embedding.index.vectors, epochs, sequence_config)
     sequence_report["refit"] = {"epochs": epochs, "sequences": len(refit_sequences), "seconds": round(time.time() - refit_started, 1)}
-    served.save(sequence_folder(settings, catalog), {"fusion_weights": asdict(weights), "report": sequence_report})
+    served.save(sequence_folder(settings, catalog), {"report": sequence_report})
 
     log("4/4 cross-encoder ranker")
     ranker = CrossEncoderRanker.from_base(
         models.encoder_path(settings),
         settings.resolved_device(settings.ranker_device),
-        history_window=settings.history_window,
+        history_window=window,
         feature_names=FusedRetriever.feature_names,
         feature_weights=(weights.vector() * FEATURE_SCALE).tolist(),
     )
@@ -115,28 +110,58 @@ def train(
         source=retriever,
         out_dir=ranker_folder(settings, catalog),
         config=config,
-        metadata={"data": catalog.name, "data_fingerprint": fingerprint(catalog), "encoder": models.encoder_path(settings)},
         log=log,
     )
+    TrainedManifest(
+        history_window=window,
+        feature_names=FusedRetriever.feature_names,
+        fusion_weights=asdict(weights),
+        encoder=models.encoder_path(settings),
+        data=catalog.name,
+        data_fingerprint=fingerprint(catalog),
+        template=template.label,
+        adapter=str(adapter) if adapter else None,
+        trained_at=datetime.now(UTC),
+    ).write(folder)
     return TrainSummary(sequence_report, asdict(weights), recall, report, time.time() - started)
 
 
-def load_models(settings: Settings, catalog: Catalog, log: Log = stderr_log, trainable: bool = False) -> tuple[FusedRetriever, CrossEncoderRanker]:
-    """The candidate stage and the ranker for this data; trains them first when allowed and missing.
-    The ranker is set up for serving (`WHYREC_RANKER_PRECISION`) unless it is to be `trainable`."""
-    embedding = embedding_retriever(settings, catalog, log=log)
-    if not (ranker_folder(settings, catalog).exists() and sequence_folder(settings, catalog).exists()):
+@dataclass(frozen=True)
+class TrainedModels:
+    manifest: TrainedManifest
+    retriever: FusedRetriever
+    ranker: CrossEncoderRanker
+
+
+def load_trained(settings: Settings, catalog: Catalog, log: Log = stderr_log, trainable: bool = False) -> TrainedModels:
+    """The manifest, the candidate stage and the ranker for this data, read once and agreeing; trains
+    them first when nothing is trained and that is allowed. The ranker is set up for serving
+    (`WHYREC_RANKER_PRECISION`) unless it is to be `trainable`."""
+    folder, retrain = models_folder(settings, catalog), retrain_command(settings)
+    embedding = None
+    # Anything trained without a manifest (an older whyrec, or a run that failed) is an error, not a
+    # silent retrain: `whyrec train` rebuilds it on purpose. So is a damaged file, below.
+    if not any(p.exists() for p in (folder / MANIFEST_FILE, ranker_folder(settings, catalog), sequence_folder(settings, catalog))):
         if not settings.auto_train:
-            raise ConfigError(f"no trained models for this data at {models_folder(settings, catalog)}; run `whyrec train --data {data_folder(settings)}`")
+            raise ConfigError(f"no trained models for this data at {folder}; run `{retrain}`")
         log(f"no trained models for {catalog.name} yet: training them now (same as `whyrec train`)...")
+        embedding = embedding_retriever(settings, catalog, log=log)
         train(settings, catalog, embedding, log=log)
-    # Missing models are trained above (auto_train); a damaged file is an error, not a silent
-    # retrain: `whyrec train` rebuilds it on purpose.
+    manifest = trained_manifest(settings, catalog)
+    embedding = embedding or embedding_retriever(settings, catalog, log=log)
     try:
         ranker = CrossEncoderRanker.load(ranker_folder(settings, catalog), settings.resolved_device(settings.ranker_device))
-        return build_retriever(settings, catalog, embedding), ranker if trainable else ranker.for_serving(settings.ranker_precision)
+        check_stage(manifest, "ranker", ranker.history_window, ranker.feature_names, folder, retrain)
+        retriever = build_retriever(settings, catalog, embedding, manifest=manifest)
     except ConfigError as exc:
-        raise ConfigError(str(exc).replace("`whyrec train --data DIR`", f"`whyrec train --data {data_folder(settings)}`")) from None
+        raise ConfigError(str(exc).replace("`whyrec train --data DIR`", f"`{retrain}`")) from None
+    return TrainedModels(manifest, retriever, ranker if trainable else ranker.for_serving(settings.ranker_precision))
+
+
+def load_models(settings: Settings, catalog: Catalog, log: Log = stderr_log, trainable: bool = False) -> tuple[FusedRetriever, CrossEncoderRanker]:
+    """`load_trained` without the manifest: the candidate stage and the ranker."""
+    trained = load_trained(settings, catalog, log, trainable)
+    return trained.retriever, trained.ranker
 
 
 @dataclass
@@ -172,9 +197,9 @@ def train_from_feedback(
         raise WhyrecError(f"no usable slates: {len(slates)} settled slate(s) in the impression log, {len(slates) - len(known)} naming items not in {catalog.name}")
     held = set(sorted({s.user_id for s in known})[held_out_every - 1 :: held_out_every]) if held_out_every > 0 else set()
     train_slates, held_out = [s for s in known if s.user_id not in held], [s for s in known if s.user_id in held]
-    retriever, ranker = load_models(settings, catalog, log=log, trainable=True)
+    trained = load_trained(settings, catalog, log=log, trainable=True)
+    retriever, ranker = trained.retriever, trained.ranker
     folder = ranker_folder(settings, catalog)
-    previous = json.loads((folder / CHECKPOINT_META).read_text())
     before = engaged_above_skipped(ranker, catalog, held_out, retriever)
     try:
         report = train_on_feedback(ranker, catalog, train_slates, retriever, None, config, log=log)
@@ -183,10 +208,8 @@ def train_from_feedback(
     after = engaged_above_skipped(ranker, catalog, held_out, retriever)
     kept = after >= before
     if kept:
-        rounds = previous.get("feedback_rounds", 0) + 1
-        own = ("history_window", "max_length", "feature_names", "feature_weights", "feedback_slates", "feedback_groups")
-        ranker.save(folder, {**{k: v for k, v in previous.items() if k not in own}, "feedback_rounds": rounds,
-                             "feedback_slates": report.slates, "feedback_groups": report.groups})
+        ranker.save(folder, {"feedback_slates": report.slates, "feedback_groups": report.groups})
+        trained.manifest.model_copy(update={"feedback_rounds": trained.manifest.feedback_rounds + 1}).write(models_folder(settings, catalog))
     report.checkpoint = str(folder)
     outcome = "the serving ranker is updated" if kept else "worse, so the serving ranker is left as it was"
     log(f"engaged above skipped on {len(held_out)} held-out slates: {before:.3f} -> {after:.3f}; {outcome}")

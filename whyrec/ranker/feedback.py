@@ -2,9 +2,9 @@
 (clicked, carted, bought) against the items shown beside them and skipped.
 
 A slate says nothing about items it did not show, so each engaged item is one listwise group
-against that slate's skipped items only: the same softmax loss as the offline trainer, on
-impressions instead of held-out purchases. The ranker keeps its checkpoint's other settings and
-is saved back atomically.
+against that slate's skipped items only: an objective of the offline trainer's loop and loss
+(whyrec.ranker.train), on impressions instead of held-out purchases. The ranker keeps its
+checkpoint's other settings and is saved back atomically.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from whyrec.core.catalog import Catalog
 from whyrec.core.metrics import mean
 from whyrec.core.schema import CandidateSource, ShownSlate
-from whyrec.ranker.model import CrossEncoderRanker, candidate_text, history_text
+from whyrec.ranker.model import CrossEncoderRanker
+from whyrec.ranker.train import ListGroup, train_listwise
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,8 @@ class FeedbackReport:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class _Group:
-    history: list[str]
-    items: list[str]  # the engaged item first, then skipped ones
-
-
-def feedback_groups(slates: list[ShownSlate], negatives: int, rng: random.Random) -> list[_Group]:
+def feedback_groups(slates: list[ShownSlate], negatives: int, rng: random.Random) -> list[ListGroup]:
+    """Each engaged item first, then up to `negatives` of the items its slate showed and the shopper skipped."""
     groups = []
     for slate in slates:
         skipped = [i for i in slate.shown if i not in slate.engaged]
@@ -62,8 +57,25 @@ def feedback_groups(slates: list[ShownSlate], negatives: int, rng: random.Random
             continue
         for item_id in slate.shown:
             if item_id in slate.engaged:
-                groups.append(_Group(list(slate.history), [item_id, *rng.sample(skipped, min(negatives, len(skipped)))]))
+                groups.append(ListGroup(list(slate.history), [item_id, *rng.sample(skipped, min(negatives, len(skipped)))]))
     return groups
+
+
+class EngagedOverSkipped:
+    """The objective: the same groups every epoch, reshuffled, their retrieval features recomputed
+    from each slate's history."""
+
+    label = "feedback epoch"
+
+    def __init__(self, groups: list[ListGroup], source: CandidateSource):
+        self.groups, self.source = groups, source
+
+    def epoch(self, rng: random.Random) -> list[ListGroup]:
+        rng.shuffle(self.groups)
+        return self.groups
+
+    def features(self, groups: list[ListGroup]) -> np.ndarray:
+        return self.source.features([g.history for g in groups for _ in g.items], [i for g in groups for i in g.items])
 
 
 def engaged_above_skipped(ranker: CrossEncoderRanker, catalog: Catalog, slates: list[ShownSlate], source: CandidateSource) -> float:
@@ -84,7 +96,6 @@ def train_on_feedback(
     source: CandidateSource,
     out_dir: Path | None,
     config: FeedbackConfig = FeedbackConfig(),
-    metadata: dict | None = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> FeedbackReport:
     if ranker.int8:
@@ -99,36 +110,7 @@ def train_on_feedback(
     if not groups:
         raise ValueError("no slate has both an engaged and a skipped item: nothing to learn from")
     log(f"fine-tuning the ranker on {len(groups)} engaged items from {len(slates)} slates")
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": list(ranker.model.parameters())},
-            {"params": [ranker.feature_weights], "lr": config.feature_learning_rate, "weight_decay": 0.0},
-        ],
-        lr=config.learning_rate,
-    )
-    losses = []
-    ranker.model.train()
-    for epoch in range(1, config.epochs + 1):
-        rng.shuffle(groups)
-        steps = [groups[i : i + config.groups_per_step] for i in range(0, len(groups), config.groups_per_step)]
-        for step in tqdm(steps, desc=f"feedback epoch {epoch}/{config.epochs}", unit="step", file=sys.stderr, dynamic_ncols=True):
-            queries, docs, histories, items = [], [], [], []
-            for group in step:
-                query = history_text([catalog.items[i] for i in group.history[-ranker.history_window :]])
-                for item_id in group.items:
-                    queries.append(query)
-                    docs.append(candidate_text(catalog.items[item_id]))
-                    histories.append(group.history)
-                    items.append(item_id)
-            logits = ranker.forward(ranker.encode(queries, docs), source.features(histories, items))
-            # Groups differ in size (slates skip different numbers of items): one softmax per group.
-            sizes = [len(g.items) for g in step]
-            loss = torch.stack([-torch.log_softmax(part, dim=0)[0] for part in torch.split(logits, sizes)]).mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-    ranker.model.eval()
+    fit = train_listwise(ranker, catalog, EngagedOverSkipped(groups, source), config, rng, log)
     if out_dir is not None:  # None: the caller decides whether, and where, to keep it
-        ranker.save(out_dir, {"feedback_slates": len(slates), "feedback_groups": len(groups), **(metadata or {})})
-    return FeedbackReport(len(slates), len(groups), float(np.mean(losses)), time.time() - started, str(out_dir or ""))
+        ranker.save(out_dir, {"feedback_slates": len(slates), "feedback_groups": len(groups)})
+    return FeedbackReport(len(slates), len(groups), float(np.mean(fit.losses)), time.time() - started, str(out_dir or ""))
