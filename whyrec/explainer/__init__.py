@@ -2,57 +2,18 @@
 template sentence; its evaluations, adapter tuning and vLLM serving helpers. Everything outside this
 stage imports these names."""
 
-from whyrec.explainer.backends import (
-    GenerationInterrupted,
-    TransformersChatModel,
-    interruptible,
-    make_chat_model,
-    stop_requested,
-    tuned_model_name,
-)
+from whyrec.explainer.backends import GenerationInterrupted, TransformersChatModel, interruptible, make_chat_model, stop_requested, tuned_model_name
 from whyrec.explainer.cache import ExplanationCache
-from whyrec.explainer.evaluation import (
-    explanation_metrics,
-    first_answer_metrics,
-    table_evidence,
-)
+from whyrec.explainer.evaluation import explanation_metrics, first_answer_metrics, table_evidence
 from whyrec.explainer.explainer import Explainer, prompt_facts
 from whyrec.explainer.facts import build_fact_table, cold_start_fact_table, short_title
 from whyrec.explainer.grounding import GroundingVerdict, check_grounding, check_reason
-from whyrec.explainer.grounding_eval import (
-    DEFAULT_LABELS,
-    evaluate_grounding_check,
-    load_labelled_sentences,
-    read_fact_table,
-    read_texts,
-)
-from whyrec.explainer.reasons import (
-    checked_template,
-    one_fact_sentence,
-    template_sentence,
-)
-from whyrec.explainer.reference_eval import (
-    BERTSCORE_LAYER,
-    bertscore_f1,
-    bleu4,
-    load_reference_cases,
-    reference_fact_table,
-    rouge_l,
-)
-from whyrec.explainer.serve import (
-    find_vllm_python,
-    merged_model_folder,
-    vllm_command,
-    vllm_env,
-)
+from whyrec.explainer.grounding_eval import DEFAULT_LABELS, evaluate_grounding_check, load_labelled_sentences, read_fact_table, read_texts
+from whyrec.explainer.reasons import checked_template, one_fact_sentence, template_sentence
+from whyrec.explainer.reference_eval import BERTSCORE_LAYER, bertscore_f1, bleu4, load_reference_cases, reference_fact_table, rouge_l
+from whyrec.explainer.serve import find_vllm_python, merged_model_folder, vllm_command, vllm_env
 from whyrec.explainer.store import ExplanationStore
-from whyrec.explainer.templates import (
-    PromptTemplateSpec,
-    available_templates,
-    builtin_prompt_dir,
-    load_template,
-    parse_template,
-)
+from whyrec.explainer.templates import PromptTemplateSpec, available_templates, builtin_prompt_dir, load_template, parse_template
 from whyrec.explainer.tuning import TuneConfig, is_held_out, train_lora, tuning_examples
 
 __all__ = [

@@ -7,12 +7,7 @@ import re
 from typing import Hashable
 
 from whyrec.core.schema import Explanation, ExplanationSource, Fact, FactTable
-from whyrec.explainer.grounding import (
-    NO_REASON,
-    check_grounding,
-    is_bare,
-    missing_reason,
-)
+from whyrec.explainer.grounding import NO_REASON, check_grounding, is_bare, missing_reason
 from whyrec.explainer.reasons import template_sentence
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")

@@ -14,16 +14,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
-from whyrec.core.schema import (
-    RELATION_KINDS,
-    Attempt,
-    Explanation,
-    ExplanationSource,
-    Fact,
-    FactKind,
-    FactTable,
-    FallbackReason,
-)
+from whyrec.core.schema import RELATION_KINDS, Attempt, Explanation, ExplanationSource, Fact, FactKind, FactTable, FallbackReason
 from whyrec.explainer.backends import GenerationInterrupted
 from whyrec.explainer.cache import ExplanationCache, cache_key
 from whyrec.explainer.grounding import check_reason, cited_facts

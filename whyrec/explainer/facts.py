@@ -6,14 +6,7 @@ import re
 from typing import Iterable
 
 from whyrec.core.catalog import EventKind, Item
-from whyrec.core.schema import (
-    NEXT_RANK_LIMIT,
-    Evidence,
-    Fact,
-    FactKind,
-    FactTable,
-    RankedItem,
-)
+from whyrec.core.schema import NEXT_RANK_LIMIT, Evidence, Fact, FactKind, FactTable, RankedItem
 
 MAX_ATTRIBUTES = 4
 MAX_HISTORY_FACTS = 2

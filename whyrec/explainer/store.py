@@ -18,14 +18,7 @@ from sqlalchemy import DateTime, Engine, String, Text, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from whyrec.core.schema import (
-    Attempt,
-    Explanation,
-    ExplanationSource,
-    FallbackReason,
-    fact_from_dict,
-    fact_to_dict,
-)
+from whyrec.core.schema import Attempt, Explanation, ExplanationSource, FallbackReason, fact_from_dict, fact_to_dict
 
 
 class _Base(DeclarativeBase):

@@ -3,18 +3,7 @@ together. The service, the UI, the CLI and offline jobs use it through these nam
 and the trained models, rank and explain a slate, answer "why not?", train, and the templates and
 titles the views show."""
 
-from whyrec.explainer import (
-    ExplanationStore,
-    GenerationInterrupted,
-    GroundingVerdict,
-    PromptTemplateSpec,
-    available_templates,
-    builtin_prompt_dir,
-    check_reason,
-    interruptible,
-    parse_template,
-    short_title,
-)
+from whyrec.explainer import ExplanationStore, GenerationInterrupted, GroundingVerdict, PromptTemplateSpec, check_reason, interruptible, parse_template, short_title
 from whyrec.pipeline.loading import (
     Log,
     build_explainer,
@@ -27,29 +16,19 @@ from whyrec.pipeline.loading import (
     models_folder,
     ranker_folder,
     resolve_adapter,
+    save_folder,
     sequence_folder,
     shipped_adapter_folder,
     stderr_log,
+    template_dirs,
+    templates,
 )
+from whyrec.pipeline.manifest import TrainedManifest
 from whyrec.pipeline.models import encoder_path, generator_path, pull_default_generator
-from whyrec.pipeline.prompt_lab import (
-    LabComparison,
-    TemplateRun,
-    sample_tables,
-    save_new_version,
-)
+from whyrec.pipeline.prompt_lab import LabComparison, TemplateRun, sample_tables, save_new_version
 from whyrec.pipeline.prompt_lab import compare as compare_templates
 from whyrec.pipeline.recommender import ItemAlreadyListed, ItemRemoved, NoHistoryLeft, Recommender, topic_words
-from whyrec.pipeline.manifest import TrainedManifest
-from whyrec.pipeline.training import (
-    FeedbackSummary,
-    TrainedModels,
-    TrainSummary,
-    load_models,
-    load_trained,
-    train,
-    train_from_feedback,
-)
+from whyrec.pipeline.training import FeedbackSummary, TrainedModels, TrainSummary, load_models, load_trained, train, train_from_feedback
 
 __all__ = [
     "LabComparison",
@@ -59,6 +38,9 @@ __all__ = [
     "generator_path",
     "pull_default_generator",
     "sample_tables",
+    "save_folder",
+    "template_dirs",
+    "templates",
     "save_new_version",
     "ExplanationStore",
     "FeedbackSummary",
@@ -73,10 +55,8 @@ __all__ = [
     "TrainSummary",
     "TrainedManifest",
     "TrainedModels",
-    "available_templates",
     "build_explainer",
     "build_retriever",
-    "builtin_prompt_dir",
     "cache_folder",
     "check_reason",
     "data_folder",

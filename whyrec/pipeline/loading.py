@@ -14,7 +14,7 @@ from whyrec.core.config import Settings
 from whyrec.core.errors import ConfigError
 from whyrec.core.follows import FollowCounts
 from whyrec.core.loaders import load_catalog
-from whyrec.explainer import Explainer, ExplanationCache, PromptTemplateSpec, load_template, make_chat_model
+from whyrec.explainer import Explainer, ExplanationCache, PromptTemplateSpec, available_templates, builtin_prompt_dir, load_template, make_chat_model
 from whyrec.pipeline import models
 from whyrec.pipeline.manifest import TrainedManifest, check_settings, read_manifest
 from whyrec.retrieval import CooccurrenceRetriever, EmbeddingRetriever, FusedRetriever, FusionWeights, ItemIndex, SequenceRetriever, embed_items, load_encoder
@@ -129,6 +129,21 @@ def with_window(embedding: EmbeddingRetriever, history_window: int) -> Embedding
     return EmbeddingRetriever(embedding.index, history_window=history_window, matches_per_candidate=embedding.matches_per_candidate)
 
 
+def template_dirs(settings: Settings) -> list[Path]:
+    """Where templates are looked up besides the package's prompts/: the shop's WHYREC_PROMPTS_DIR."""
+    return [settings.prompts_dir] if settings.prompts_dir else []
+
+
+def templates(settings: Settings) -> dict[str, dict[int, object]]:
+    """Every template name this shop can use, with its versions."""
+    return available_templates(template_dirs(settings))
+
+
+def save_folder(settings: Settings) -> Path:
+    """Where the Prompt lab saves a new version: WHYREC_PROMPTS_DIR, else the package's prompts/."""
+    return settings.prompts_dir or Path(str(builtin_prompt_dir()))
+
+
 def default_adapter_folder(settings: Settings, template: PromptTemplateSpec) -> Path:
     """Where `whyrec explainer tune` saves the adapter for this generator and template by default."""
     return settings.cache_dir / "adapters" / settings.generator.replace("/", "--") / f"lora-{template.label}"
@@ -155,7 +170,7 @@ def resolve_adapter(settings: Settings, template: PromptTemplateSpec) -> Path | 
 
 
 def configured_template(settings: Settings) -> PromptTemplateSpec:
-    return load_template(settings.prompt, settings.prompt_version, extra_dirs=[settings.prompts_dir] if settings.prompts_dir else [])
+    return load_template(settings.prompt, settings.prompt_version, extra_dirs=template_dirs(settings))
 
 
 def build_explainer(settings: Settings, log: Log = stderr_log) -> Explainer:

@@ -11,10 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from whyrec.core.config import Settings
 from whyrec.core.errors import ConfigError
 from whyrec.core.schema import Explanation, ExplanationSource, FactTable
-from whyrec.explainer import PromptTemplateSpec, available_templates, builtin_prompt_dir, parse_template
+from whyrec.explainer import PromptTemplateSpec, available_templates, parse_template
 from whyrec.pipeline.recommender import Recommender
 
 _VERSION_LINE = re.compile(r"(?m)^version:[ \t]*\d+[ \t]*$")
@@ -77,21 +76,6 @@ def compare(recommender: Recommender, candidate_text: str, tables: list[FactTabl
         _run(recommender, candidate, tables),
         template_diff(Path(current.source).read_text(encoding="utf-8"), candidate_text, current.label),
     )
-
-
-def template_dirs(settings: Settings) -> list[Path]:
-    """Where templates are looked up besides the package's prompts/: the shop's WHYREC_PROMPTS_DIR."""
-    return [settings.prompts_dir] if settings.prompts_dir else []
-
-
-def templates(settings: Settings) -> dict[str, dict[int, object]]:
-    """Every template name this shop can use, with its versions."""
-    return available_templates(template_dirs(settings))
-
-
-def save_folder(settings: Settings) -> Path:
-    """Where the Prompt lab saves a new version: WHYREC_PROMPTS_DIR, else the package's prompts/."""
-    return settings.prompts_dir or Path(str(builtin_prompt_dir()))
 
 
 def template_diff(current_text: str, candidate_text: str, label: str) -> str:

@@ -11,39 +11,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from whyrec.core.catalog import (
-    Catalog,
-    EventKind,
-    Interaction,
-    Item,
-    dedupe_keep_last,
-    strongest_kind,
-)
+from whyrec.core.catalog import Catalog, EventKind, Interaction, Item, dedupe_keep_last, strongest_kind
 from whyrec.core.config import Settings
 from whyrec.core.errors import UnknownItem, UnknownShopper, WhyrecError
-from whyrec.core.schema import (
-    Change,
-    Explanation,
-    ExplanationSource,
-    FactTable,
-    RankedItem,
-    RankedSlate,
-    Recommendations,
-    RecommendedItem,
-    ShopperOverlay,
-    WhyNot,
-)
-from whyrec.explainer import (
-    Explainer,
-    PromptTemplateSpec,
-    build_fact_table,
-    checked_template,
-    cold_start_fact_table,
-)
+from whyrec.core.schema import Change, Explanation, ExplanationSource, FactTable, RankedItem, RankedSlate, Recommendations, RecommendedItem, ShopperOverlay, WhyNot
+from whyrec.explainer import Explainer, PromptTemplateSpec, build_fact_table, checked_template, cold_start_fact_table
 from whyrec.pipeline.loading import Log, build_explainer, load_data, stderr_log
+from whyrec.pipeline.manifest import TrainedManifest
 from whyrec.pipeline.models import encoder_path
 from whyrec.pipeline.rwlock import ReadWriteLock
-from whyrec.pipeline.manifest import TrainedManifest
 from whyrec.pipeline.training import load_trained
 from whyrec.ranker import CrossEncoderRanker, diversify
 from whyrec.retrieval import FusedRetriever, PopularItems, embed_items, load_encoder

@@ -7,12 +7,7 @@ from whyrec.retrieval.fusion import FusedRetriever, FusionWeights, tune_weights
 from whyrec.retrieval.index import ItemIndex
 from whyrec.retrieval.popularity import PopularItems
 from whyrec.retrieval.retriever import EmbeddingRetriever
-from whyrec.retrieval.sequential import (
-    SequenceConfig,
-    SequenceRetriever,
-    refit_sequence_model,
-    train_sequence_model,
-)
+from whyrec.retrieval.sequential import SequenceConfig, SequenceRetriever, refit_sequence_model, train_sequence_model
 
 __all__ = [
     "CooccurrenceRetriever",
