@@ -40,7 +40,6 @@ def fuzz_app(slice_settings, slice_catalog, slice_ranker, tmp_path_factory):
         "llm_model": "smollm2-135m-instruct",
         "llm_timeout_s": 2.0,
         "llm_concurrency": 50,  # one batch for any slate size the API allows
-        "history_window": 2,  # fewer leave-one-out passes per ranked item: the contract is the same
         "database_url": f"sqlite:///{tmp_path_factory.mktemp('fuzz-store') / 'whyrec.sqlite3'}",
         "staff_user": STAFF[0],
         "staff_password_hash": hash_password(STAFF[1], iterations=1_000),
