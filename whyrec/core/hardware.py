@@ -12,3 +12,12 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_has_amx_bf16() -> bool:
+    """bf16 matrix tiles (AMX). Without them, AVX512-BF16 alone made a ranker training step slower
+    than fp32 on this project's 2-core Xeon (32 pairs: 2.25 s in bf16 autocast, 1.88 s in fp32)."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False

@@ -6,37 +6,25 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 from typing import Annotated, Iterator
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from whyrec.core.config import Settings
 from whyrec.core.errors import UnknownItem, UnknownShopper, WhyrecError
 from whyrec.core.protocol import NO_CONTROL, EventIn, EventRecord, ExplanationResponse, FeedbackIn, FeedbackRecord, ImpressionRecord, SlateOut, WhyNotOut, item_out, why_not_out
 from whyrec.pipeline import TemplateRun, compare_templates, parse_template, sample_tables, templates
-from whyrec.service.accounts import Role, StaffAccount, authenticate, load_accounts
-from whyrec.service.ratelimit import RateLimiter, retry_after_header
+from whyrec.service.accounts import load_accounts
+from whyrec.service.catalog_api import catalog_router
+from whyrec.service.deps import ERRORS, PUBLIC, STAFF, ErrorOut, IsoTime, ItemId, K, PromptEngineer, RateLimited, Service, SupportStaff, UserId, Words, get_settings
+from whyrec.service.ratelimit import RateLimiter
 from whyrec.service.service import ItemExplained, SlateLogged, SlateRanked, WhyrecService
 from whyrec.service.store import DatabaseUnavailable, UnknownImpression
-
-MAX_K = 50
-
-
-def _iso_time(value):
-    """The schema says date-time: a bare number ("0.5") is refused rather than read as Unix seconds."""
-    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
-        raise ValueError("expected an ISO 8601 date-time such as 2026-11-24T15:30:00Z")
-    return value
-
-
-IsoTime = Annotated[datetime, BeforeValidator(_iso_time)]
 
 # ---- operations ----
 
@@ -51,73 +39,6 @@ class HealthOut(BaseModel):
     database: str
     queued_writes: int = Field(0, description="impressions, events and feedback waiting for the database")
 
-
-class ErrorOut(BaseModel):
-    detail: str
-
-
-# ---- dependencies ----
-
-
-def get_service(request: Request) -> WhyrecService:
-    return request.app.state.service
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-_basic = HTTPBasic(auto_error=False, description="Staff login: an account of WHYREC_STAFF_ACCOUNTS, or WHYREC_STAFF_USER / WHYREC_STAFF_PASSWORD_HASH")
-
-
-def require_role(role: Role):
-    """A dependency: the logged-in staff account when it has `role`; 401 without a valid login, 403 without the role."""
-
-    def staff_with_role(request: Request, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> StaffAccount:
-        accounts: dict[str, StaffAccount] = request.app.state.accounts
-        if not accounts:
-            detail = "staff login is not configured on this server (set WHYREC_STAFF_ACCOUNTS or WHYREC_STAFF_PASSWORD_HASH; `whyrec hash-password` makes a hash)"
-        elif credentials is None:
-            detail = f"this endpoint is for staff with the '{role.value}' role: log in with HTTP Basic credentials"
-        elif (account := authenticate(accounts, credentials.username, credentials.password)) is None:
-            detail = "wrong staff user name or password"
-        elif role not in account.roles:
-            have = ", ".join(sorted(r.value for r in account.roles))
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"staff account '{account.name}' lacks the '{role.value}' role this endpoint needs (it has: {have})")
-        else:
-            return account
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": 'Basic realm="whyrec staff"'})
-
-    return staff_with_role
-
-
-def rate_limited(request: Request) -> None:
-    """Per client address, on the public shopper endpoints: 429 with Retry-After beyond the configured rate."""
-    limiter: RateLimiter | None = request.app.state.rate_limiter
-    if limiter is None:
-        return
-    client = request.client.host if request.client else "unknown"
-    wait = limiter.acquire(client)
-    if wait > 0:
-        settings: Settings = request.app.state.settings
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            f"too many requests from {client}: at most {settings.rate_limit_per_minute} a minute (bursts of {settings.rate_limit_burst}); retry in {retry_after_header(wait)} s",
-            headers={"Retry-After": retry_after_header(wait)},
-        )
-
-
-Service = Annotated[WhyrecService, Depends(get_service)]
-SupportStaff = Annotated[StaffAccount, Depends(require_role(Role.SUPPORT))]
-PromptEngineer = Annotated[StaffAccount, Depends(require_role(Role.PROMPT_ENGINEER))]
-RateLimited = [Depends(rate_limited)]
-UserId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_CONTROL, description="shopper id")]
-ItemId = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_CONTROL, description="item id")]
-Words = Annotated[str, Query(max_length=500, pattern=NO_CONTROL, description="the shopper's words, e.g. 'something for my desk'")]
-K = Annotated[int, Query(ge=1, le=MAX_K, description="slate size")]
-_ERRORS = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
-_PUBLIC = {**_ERRORS, 429: {"model": ErrorOut, "description": "rate limit for this client address reached (see Retry-After)"}}
-_STAFF = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}}
 
 
 # ---- routes ----
@@ -146,7 +67,7 @@ router = APIRouter(
 )
 
 
-@router.get("/shoppers/{user_id}/recommendations", response_model=SlateOut, responses=_PUBLIC, tags=["shopper"], dependencies=RateLimited)
+@router.get("/shoppers/{user_id}/recommendations", response_model=SlateOut, responses=PUBLIC, tags=["shopper"], dependencies=RateLimited)
 def recommendations(user_id: UserId, service: Service, k: K = 10, q: Words = "") -> SlateOut:
     """The top k items for the shopper, each with its checked explanation; logged as an impression."""
     served = service.recommend(user_id, k, q)
@@ -161,7 +82,7 @@ def recommendations(user_id: UserId, service: Service, k: K = 10, q: Words = "")
     )
 
 
-@router.get("/shoppers/{user_id}/recommendations/stream", responses={200: {"content": {"application/x-ndjson": {}}}, **_PUBLIC}, tags=["shopper"], dependencies=RateLimited)
+@router.get("/shoppers/{user_id}/recommendations/stream", responses={200: {"content": {"application/x-ndjson": {}}}, **PUBLIC}, tags=["shopper"], dependencies=RateLimited)
 def recommendations_stream(user_id: UserId, service: Service, k: K = 10, q: Words = "") -> StreamingResponse:
     """The same slate as NDJSON lines as it is made: `{"event": "slate", ...}` with the ranked items,
     one `{"event": "explanation", ...}` per item as soon as it is ready, then `{"event": "done", "impression_id": ...}`."""
@@ -188,7 +109,7 @@ def _chain(first, rest):
     yield from rest
 
 
-@router.get("/shoppers/{user_id}/items/{item_id}/explanation", response_model=ExplanationResponse, responses=_PUBLIC, tags=["shopper"], dependencies=RateLimited)
+@router.get("/shoppers/{user_id}/items/{item_id}/explanation", response_model=ExplanationResponse, responses=PUBLIC, tags=["shopper"], dependencies=RateLimited)
 def explanation(user_id: UserId, item_id: ItemId, service: Service, k: K = 10) -> ExplanationResponse:
     """Why this item is here, for any item: its explanation, and "why not?" when it is outside the
     top k (its rank, its score gap to the last shown item, what would change it). Logged."""
@@ -208,7 +129,7 @@ _QUEUED = {
 _NEEDS_DATABASE = {503: {"model": ErrorOut, "description": "the database is unavailable"}}
 
 
-@router.post("/shoppers/{user_id}/events", response_model=EventRecord, status_code=201, responses={**_PUBLIC, **_QUEUED}, tags=["shopper"], dependencies=RateLimited)
+@router.post("/shoppers/{user_id}/events", response_model=EventRecord, status_code=201, responses={**PUBLIC, **_QUEUED}, tags=["shopper"], dependencies=RateLimited)
 def post_event(user_id: UserId, body: EventIn, service: Service, response: Response) -> EventRecord:
     """A view, click, cart or purchase: part of the shopper's history from the next request on."""
     record = service.record_event(user_id, body.item_id, body.kind)
@@ -217,7 +138,7 @@ def post_event(user_id: UserId, body: EventIn, service: Service, response: Respo
     return record
 
 
-@router.post("/shoppers/{user_id}/feedback", response_model=FeedbackRecord, status_code=201, responses={**_PUBLIC, **_QUEUED}, tags=["shopper"], dependencies=RateLimited)
+@router.post("/shoppers/{user_id}/feedback", response_model=FeedbackRecord, status_code=201, responses={**PUBLIC, **_QUEUED}, tags=["shopper"], dependencies=RateLimited)
 def post_feedback(user_id: UserId, body: FeedbackIn, service: Service, response: Response) -> FeedbackRecord:
     """helpful / not_helpful on a shown explanation; not_interested in an item (never shown again);
     exclude_purchase (that history item no longer drives or is cited in recommendations)."""
@@ -227,7 +148,7 @@ def post_feedback(user_id: UserId, body: FeedbackIn, service: Service, response:
     return record
 
 
-@router.get("/impressions", response_model=list[ImpressionRecord], responses={**_STAFF, **_NEEDS_DATABASE}, tags=["support"])
+@router.get("/impressions", response_model=list[ImpressionRecord], responses={**STAFF, **_NEEDS_DATABASE}, tags=["support"])
 def impressions(
     service: Service,
     _staff: SupportStaff,
@@ -241,13 +162,13 @@ def impressions(
     return service.impressions(user_id, item_id, since, until, limit)
 
 
-@router.get("/impressions/{impression_id}", response_model=ImpressionRecord, responses={**_STAFF, 404: {"model": ErrorOut}, **_NEEDS_DATABASE}, tags=["support"])
+@router.get("/impressions/{impression_id}", response_model=ImpressionRecord, responses={**STAFF, 404: {"model": ErrorOut}, **_NEEDS_DATABASE}, tags=["support"])
 def impression(impression_id: Annotated[str, Path(max_length=64, pattern=NO_CONTROL)], service: Service, _staff: SupportStaff) -> ImpressionRecord:
     """One served slate exactly as recorded: texts, fact tables, prompts, prompt version, model, verdicts."""
     return service.impression(impression_id)
 
 
-@router.get("/shoppers/{user_id}/items/{item_id}/why-not", response_model=WhyNotOut, responses={**_STAFF, **_ERRORS}, tags=["support"])
+@router.get("/shoppers/{user_id}/items/{item_id}/why-not", response_model=WhyNotOut, responses={**STAFF, **ERRORS}, tags=["support"])
 def why_not(user_id: UserId, item_id: ItemId, service: Service, _staff: SupportStaff, k: K = 10) -> WhyNotOut:
     """The ranker's view only (staff): rank, score gap, counterfactuals; nothing generated or logged."""
     return why_not_out(service.why_not(user_id, item_id, k))
@@ -289,7 +210,7 @@ def _run_out(run: TemplateRun) -> TemplateRunOut:
     )
 
 
-@router.get("/prompts", response_model=list[TemplateOut], responses=_STAFF, tags=["prompt lab"])
+@router.get("/prompts", response_model=list[TemplateOut], responses=STAFF, tags=["prompt lab"])
 def prompts(service: Service, settings: Annotated[Settings, Depends(get_settings)], _staff: PromptEngineer) -> list[TemplateOut]:
     """Prompt templates and their versions (prompt engineers only)."""
     in_use = service.recommender.explainer.template
@@ -297,7 +218,7 @@ def prompts(service: Service, settings: Annotated[Settings, Depends(get_settings
     return [TemplateOut(name=n, versions=sorted(v), in_use=in_use.label if n == in_use.name else None) for n, v in sorted(found.items())]
 
 
-@router.post("/prompts/compare", response_model=CompareOut, responses={**_STAFF, 422: {"model": ErrorOut}}, tags=["prompt lab"])
+@router.post("/prompts/compare", response_model=CompareOut, responses={**STAFF, 422: {"model": ErrorOut}}, tags=["prompt lab"])
 def compare_prompts(body: CompareIn, service: Service, _staff: PromptEngineer) -> CompareOut:
     """Run an edited template and the current one on the same shoppers' fact tables (the Prompt lab's
     comparison): metrics, shown texts and the diff. Nothing is saved."""
@@ -344,7 +265,6 @@ def create_app(service: WhyrecService, settings: Settings) -> FastAPI:
     app.state.accounts = load_accounts(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst) if settings.rate_limit_per_minute else None
     app.include_router(router)
-    from whyrec.service.catalog_api import catalog_router  # imported here: it imports this module (require_role)
     app.include_router(catalog_router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_request)

@@ -13,7 +13,7 @@ from whyrec.core.errors import UnknownItem
 from whyrec.core.protocol import CatalogChange, CatalogItem
 from whyrec.pipeline import ItemAlreadyListed
 from whyrec.service.accounts import Role, StaffAccount
-from whyrec.service.api import ErrorOut, ItemId, Service, require_role
+from whyrec.service.deps import ErrorOut, ItemId, Service, require_role
 
 CatalogStaff = Annotated[StaffAccount, Depends(require_role(Role.CATALOG))]
 
