@@ -46,8 +46,10 @@ def cache_folder(settings: Settings, catalog: Catalog) -> Path:
 
 
 def models_folder(settings: Settings, catalog: Catalog) -> Path:
-    """Everything trained on this data with this encoder: the sequence model and fusion weights, and the ranker."""
-    return cache_folder(settings, catalog) / f"models-v3-{_short_hash(models.encoder_path(settings))}"
+    """Everything trained on this data with this encoder: the manifest, the sequence model and the
+    ranker. v4: the first layout with a manifest, so models an older whyrec trained (v3, without one)
+    are not read at all: a shop that had them trains anew on first use, as a new one does."""
+    return cache_folder(settings, catalog) / f"models-v4-{_short_hash(models.encoder_path(settings))}"
 
 
 def ranker_folder(settings: Settings, catalog: Catalog) -> Path:
