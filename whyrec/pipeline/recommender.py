@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from readerwriterlock import rwlock
+
 from whyrec.core.catalog import Catalog, EventKind, Interaction, Item, dedupe_keep_last, strongest_kind
 from whyrec.core.config import Settings
 from whyrec.core.errors import UnknownItem, UnknownShopper, WhyrecError
@@ -19,7 +21,6 @@ from whyrec.explainer import Explainer, PromptTemplateSpec, build_fact_table, ch
 from whyrec.pipeline.loading import Log, build_explainer, load_data, stderr_log
 from whyrec.pipeline.manifest import TrainedManifest
 from whyrec.pipeline.models import encoder_path
-from whyrec.pipeline.rwlock import ReadWriteLock
 from whyrec.pipeline.training import load_trained
 from whyrec.ranker import CrossEncoderRanker, diversify
 from whyrec.retrieval import FusedRetriever, PopularItems, embed_items, load_encoder
@@ -51,7 +52,7 @@ def _reading_catalog(method):
 
     @functools.wraps(method)
     def locked(self: "Recommender", *args, **kwargs):
-        with self._catalog_lock.reading():
+        with self._catalog_lock.gen_rlock():
             return method(self, *args, **kwargs)
 
     return locked
@@ -73,7 +74,9 @@ class Recommender:
     # shoppers' histories may still name it, and is listed here.
     catalog_version: int = field(default=0, init=False)  # one more after each change: what cached slates were ranked on
     _removed: set[str] = field(default_factory=set, init=False, repr=False)
-    _catalog_lock: ReadWriteLock = field(default_factory=ReadWriteLock, init=False, repr=False)
+    # Requests rank side by side; a catalog change waits for the rankings in flight and goes before
+    # new ones (writer priority), so no ranking sees an item half added or removed.
+    _catalog_lock: rwlock.RWLockWrite = field(default_factory=rwlock.RWLockWrite, init=False, repr=False)
     _encoder: object | None = field(default=None, init=False, repr=False)  # loaded on the first added item
     _encoder_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -144,7 +147,7 @@ class Recommender:
 
     def explain(self, user_id: str, item_id: str, overlay: ShopperOverlay | None = None, deadline: float | None = None) -> RecommendedItem:
         """The explanation for any item, also one outside the shopper's top-k: it is ranked among the candidates."""
-        with self._catalog_lock.reading():  # not over the generation: a catalog change waits for rankings only
+        with self._catalog_lock.gen_rlock():  # not over the generation: a catalog change waits for rankings only
             ranking = self._rank_including(user_id, item_id, overlay, self.settings.candidates)
             table = self._target_table(user_id, ranking)
         return self._explained(ranking, table, deadline)
@@ -162,7 +165,7 @@ class Recommender:
         """`explain` and `why_not` of one item from one ranking (what an agent or shopper asking
         "why this?" is shown)."""
         overlay = overlay or ShopperOverlay()
-        with self._catalog_lock.reading():  # not over the generation, as in explain()
+        with self._catalog_lock.gen_rlock():  # not over the generation, as in explain()
             ranking = self._rank_including(user_id, item_id, overlay, k)
             table, why_not = self._target_table(user_id, ranking), self._why_not(user_id, ranking, k, overlay)
         return self._explained(ranking, table, deadline), why_not
@@ -186,7 +189,7 @@ class Recommender:
         if self.listed(item.item_id):
             raise ItemAlreadyListed(item.item_id)
         vector = embed_items(self._item_encoder(), [item], show_progress=False)  # before the lock: requests go on meanwhile
-        with self._catalog_lock.writing():
+        with self._catalog_lock.gen_wlock():
             if self.listed(item.item_id):  # added by another thread meanwhile
                 raise ItemAlreadyListed(item.item_id)
             # A new mapping rather than an edit of the one a view may be iterating (and may share).
@@ -198,7 +201,7 @@ class Recommender:
     def remove_item(self, item_id: str) -> None:
         """The item is never a candidate or explained again (it may stay in shoppers' histories).
         Raises UnknownItem (ItemRemoved when it was removed before), changing nothing, unless it is listed."""
-        with self._catalog_lock.writing():
+        with self._catalog_lock.gen_wlock():
             self.check_listed(item_id)
             self.retriever.remove_items([item_id])
             self._removed.add(item_id)
