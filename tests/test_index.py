@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from whyrec.core.errors import ConfigError
 from whyrec.retrieval import index as index_module
 from whyrec.retrieval.index import ItemIndex
 
@@ -207,49 +206,3 @@ def test_flat_and_ivf_delete_for_real(kind, catalog):
     index = ItemIndex(*catalog, kind=kind)
     index.remove(["item1", "item2"])
     assert index.tombstones == 0 and index.index.ntotal == 1498
-
-
-# -- files ---------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_save_and_load_keep_search_results_after_add_and_remove(kind, catalog, tmp_path):
-    item_ids, vectors = catalog
-    index = ItemIndex(item_ids, vectors, kind=kind)
-    index.remove(item_ids[100:110])
-    index.add(["new", "item3"], clustered(2, seed=5))
-    index.save(tmp_path)
-    loaded = ItemIndex.load(tmp_path)
-    queries = clustered(10, seed=11)
-    assert (loaded.kind, loaded.item_ids, loaded.tombstones) == (kind, index.item_ids, index.tombstones)
-    assert np.array_equal(loaded.vectors, index.vectors)
-    assert loaded.search_batch(queries, 20) == index.search_batch(queries, 20)
-    loaded.add(["after-load"], clustered(1, seed=12))  # still changeable
-    assert loaded.search(loaded.vector("after-load"), 1)[0][0] == "after-load"
-
-
-def test_save_leaves_only_the_index_files(catalog, tmp_path):
-    ItemIndex(*catalog).save(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.faiss", "index.json", "labels.npy", "vectors.npy"]
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_truncated_index_file_raises_config_error_naming_it(kind, catalog, tmp_path):
-    ItemIndex(*catalog, kind=kind).save(tmp_path)
-    index_file = tmp_path / "index.faiss"
-    index_file.write_bytes(index_file.read_bytes()[: index_file.stat().st_size // 2])
-    with pytest.raises(ConfigError, match=f"item index file {index_file}"):
-        ItemIndex.load(tmp_path)
-
-
-def test_a_vectors_file_from_another_index_raises_config_error(catalog, tmp_path):
-    ItemIndex(*catalog).save(tmp_path / "a")
-    ItemIndex(ids(10), clustered(10)).save(tmp_path / "b")
-    (tmp_path / "b" / "vectors.npy").replace(tmp_path / "a" / "vectors.npy")
-    with pytest.raises(ConfigError, match="inconsistent.*vectors.npy"):
-        ItemIndex.load(tmp_path / "a")
-
-
-def test_a_missing_folder_raises_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="index.json"):
-        ItemIndex.load(tmp_path / "never-saved")

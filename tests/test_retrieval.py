@@ -1,6 +1,5 @@
 import numpy as np
 
-from whyrec.retrieval import ItemIndex
 
 
 def test_candidates_exclude_history_and_requested_items(slice_catalog, slice_retriever):
@@ -27,15 +26,6 @@ def test_the_nearest_item_to_a_single_history_item_is_its_nearest_neighbour(slic
     sims[index.position[anchor]] = -np.inf
     expected = index.item_ids[int(np.argmax(sims))]
     assert slice_embedding.candidates([anchor], 1)[0].item_id == expected
-
-
-def test_index_survives_a_save_and_load(tmp_path, slice_embedding):
-    index = slice_embedding.index
-    index.save(tmp_path)
-    loaded = ItemIndex.load(tmp_path)
-    query = index.vector(index.item_ids[3])
-    assert loaded.item_ids == index.item_ids
-    assert loaded.search(query, 5) == index.search(query, 5)
 
 
 def test_a_refit_sequence_model_learns_the_transitions_it_is_given():

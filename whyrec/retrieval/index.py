@@ -18,7 +18,9 @@ having cluster structure, as a catalog's sentence embeddings do; on unstructured
 
 Scores are inner products with the stored vectors, which are L2-normalised on the way in (cosine).
 
-Items are added and removed in place (``add``/``remove``); ``item_ids``, ``position`` and ``vectors``
+Items are added and removed in place (``add``/``remove``: the live catalog changes of the service);
+the index is not saved, since a served process builds it from the cached item embeddings and
+replays the recorded changes. ``item_ids``, ``position`` and ``vectors``
 always describe the live items, row for row. Removal moves the last rows into the freed ones, so the
 order of ``item_ids`` is not stable across ``remove``. Inside faiss every vector carries an int64
 *label*; labels are never reused, and ``_row_of`` maps a label to its row (-1 once removed or
@@ -28,25 +30,18 @@ filter out (an ``IDSelectorBitmap`` over live labels); the graph is rebuilt once
 
 GPU: with a GPU build of faiss and ``device`` "cuda" or "auto", flat and IVF searches run on a GPU copy
 of the index. The CPU index stays the master copy: faiss GPU indexes cannot remove ids, so ``add`` and
-``remove`` change the CPU index and drop the GPU copy, which the next search copies over again, and
-``save`` writes the CPU index as it is (no ``index_gpu_to_cpu`` needed). With faiss-cpu "cuda" and
+``remove`` change the CPU index and drop the GPU copy, which the next search copies over again. With faiss-cpu "cuda" and
 "auto" mean CPU, so the pipeline may pass its torch device through unchanged.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 
 import faiss
 import numpy as np
 
-from whyrec.core.errors import ConfigError
 
 KINDS = ("flat", "ivf", "hnsw")
 DEVICES = ("cpu", "cuda", "auto")
@@ -75,7 +70,6 @@ TOMBSTONE_COMPACT_FRACTION = 0.2
 # faiss GPU indexes answer at most this many neighbours per query; deeper searches use the CPU index.
 GPU_MAX_K = 2048
 
-INDEX_FILE, VECTORS_FILE, LABELS_FILE, META_FILE = "index.faiss", "vectors.npy", "labels.npy", "index.json"
 _FAISS_CLASS = {"flat": faiss.IndexIDMap, "ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat}
 _gpu_resources = None
 
@@ -297,48 +291,6 @@ class ItemIndex:
         if self.kind == "hnsw" and self.tombstones > TOMBSTONE_COMPACT_FRACTION * self.index.ntotal:
             self.compact()
 
-    # -- files -----------------------------------------------------------------------------------------------
-
-    def save(self, folder: Path) -> None:
-        """Write the index, vectors, labels and a JSON description to `folder`, each file atomically."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(folder / INDEX_FILE, lambda path: faiss.write_index(self.index, path))
-        _write_atomically(folder / VECTORS_FILE, lambda path: _save_npy(path, self.vectors))
-        _write_atomically(folder / LABELS_FILE, lambda path: _save_npy(path, self._labels[: len(self)]))
-        meta = {
-            "format": 2,
-            "kind": self.kind,
-            "dim": self.dim,
-            "count": len(self),
-            "tombstones": self.tombstones,
-            "item_ids": self.item_ids,
-        }
-        _write_atomically(folder / META_FILE, lambda path: Path(path).write_text(json.dumps(meta)))
-
-    @classmethod
-    def load(cls, folder: Path, device: str = "cpu") -> ItemIndex:
-        """Read what `save` wrote; a missing, corrupt or mismatched file raises ConfigError naming it."""
-        folder = Path(folder)
-        meta = _read(folder / META_FILE, lambda path: json.loads(path.read_text()))
-        index = _read(folder / INDEX_FILE, lambda path: faiss.read_index(str(path)))
-        vectors = _read(folder / VECTORS_FILE, lambda path: np.load(path, allow_pickle=False))
-        labels = _read(folder / LABELS_FILE, lambda path: np.load(path, allow_pickle=False))
-        try:
-            kind, item_ids = meta["kind"], meta["item_ids"]
-            problem = _mismatch(meta, index, vectors, labels)
-        except (KeyError, TypeError) as exc:
-            problem = f"{folder / META_FILE} lacks {exc}"
-        if problem:
-            raise ConfigError(f"the item index at {folder} is inconsistent ({problem}); delete that folder to rebuild it")
-        if kind == "hnsw":
-            index.hnsw.efSearch = HNSW_EF_SEARCH
-        elif kind == "ivf":
-            index.nprobe = IVF_NPROBE
-        obj = cls.__new__(cls)
-        obj._setup(kind, device, list(item_ids), vectors.astype(np.float32, copy=False), labels.astype(np.int64), index)
-        return obj
-
 
 def _new_faiss_index(kind: str, vectors: np.ndarray, labels: np.ndarray):
     dim = vectors.shape[1]
@@ -387,47 +339,3 @@ def _with_capacity(array: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
     grown = np.full((max(size, len(array) * 3 // 2 + 16), *array.shape[1:]), fill, dtype=array.dtype)
     grown[: len(array)] = array
     return grown
-
-
-def _mismatch(meta: dict, index, vectors: np.ndarray, labels: np.ndarray) -> str | None:
-    kind, count = meta["kind"], len(meta["item_ids"])
-    if kind not in KINDS:
-        return f"unknown kind {kind!r}"
-    if not isinstance(index, _FAISS_CLASS[kind]):
-        return f"{INDEX_FILE} holds a {type(index).__name__}, not a {kind} index"
-    if vectors.ndim != 2 or vectors.shape != (count, meta["dim"]) or index.d != meta["dim"]:
-        return f"{VECTORS_FILE} has shape {vectors.shape}, {INDEX_FILE} dimension {index.d}, for {count} items of dimension {meta['dim']}"
-    if labels.shape != (count,) or len(np.unique(labels)) != count or (count and labels.min() < 0):
-        return f"{LABELS_FILE} does not hold {count} distinct labels"
-    if index.ntotal != count + meta["tombstones"]:
-        return f"{INDEX_FILE} holds {index.ntotal} vectors, expected {count} items + {meta['tombstones']} tombstones"
-    if kind == "hnsw" and count and labels.max() >= index.ntotal:
-        return f"{LABELS_FILE} names vectors beyond the {index.ntotal} in {INDEX_FILE}"
-    return None
-
-
-def _write_atomically(target: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, array)
-
-
-def _read(path: Path, read: Callable[[Path], object]):
-    try:
-        return read(path)
-    except (RuntimeError, OSError, ValueError, EOFError) as exc:
-        # faiss messages start with "Error in <C++ signature> at <source>:<line>: "; the rest says what went wrong.
-        reason = re.sub(r"^Error in .* at \S+:\d+: (Error: )?", "", str(exc).strip()) or type(exc).__name__
-        raise ConfigError(
-            f"cannot read the item index file {path} ({reason}); delete {path.parent} to rebuild the index"
-        ) from None
