@@ -30,23 +30,31 @@ def liked_category(slice_catalog, slice_retriever):
     return Counter(slice_catalog.items[i].category for i in shown).most_common(1)[0][0]
 
 
-def test_feedback_moves_engaged_items_above_skipped_ones_for_other_shoppers(slice_catalog, slice_retriever, slice_training, liked_category, tmp_path):
+@pytest.fixture(scope="module")
+def tuned(slice_catalog, slice_retriever, slice_training, liked_category, tmp_path_factory):
+    """The session's ranker fine-tuned once on the first 60 shoppers' slates (the tests below read
+    it: one training instead of one each), with the held-out shoppers' slates and the scores before."""
     ranker = CrossEncoderRanker.load(Path(slice_training.ranker.checkpoint))
     users = slice_catalog.users
     train, held_out = _slates(slice_catalog, slice_retriever, users[:60], liked_category), _slates(slice_catalog, slice_retriever, users[60:], liked_category)
-    assert len(train) >= 10 and len(held_out) >= 3
     before = engaged_above_skipped(ranker, slice_catalog, held_out, slice_retriever)
-    report = train_on_feedback(ranker, slice_catalog, train, slice_retriever, tmp_path / "ranker", FeedbackConfig(epochs=3, learning_rate=1e-4))
+    folder = tmp_path_factory.mktemp("feedback") / "ranker"
+    report = train_on_feedback(ranker, slice_catalog, train, slice_retriever, folder, FeedbackConfig(epochs=3, learning_rate=1e-4))
+    return ranker, folder, report, train, held_out, before
+
+
+def test_feedback_moves_engaged_items_above_skipped_ones_for_other_shoppers(tuned, slice_catalog, slice_retriever):
+    ranker, _, report, train, held_out, before = tuned
+    assert len(train) >= 10 and len(held_out) >= 3
     after = engaged_above_skipped(ranker, slice_catalog, held_out, slice_retriever)
     assert report.groups >= len(train)
     assert after > before + 0.1 and after > 0.7
 
 
-def test_feedback_saves_a_checkpoint_that_loads_with_the_new_scores(slice_catalog, slice_retriever, slice_training, liked_category, tmp_path):
-    ranker = CrossEncoderRanker.load(Path(slice_training.ranker.checkpoint))
+def test_feedback_saves_a_checkpoint_that_loads_with_the_new_scores(tuned, slice_catalog, slice_retriever, liked_category):
+    ranker, folder, _, _, _, _ = tuned
     slates = _slates(slice_catalog, slice_retriever, slice_catalog.users[:20], liked_category)
-    train_on_feedback(ranker, slice_catalog, slates, slice_retriever, tmp_path / "ranker", FeedbackConfig(epochs=1))
-    reloaded = CrossEncoderRanker.load(tmp_path / "ranker")
+    reloaded = CrossEncoderRanker.load(folder)
     assert engaged_above_skipped(reloaded, slice_catalog, slates, slice_retriever) == pytest.approx(
         engaged_above_skipped(ranker, slice_catalog, slates, slice_retriever), abs=0.05
     )
