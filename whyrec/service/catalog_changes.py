@@ -14,13 +14,12 @@ from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 from sqlalchemy import DateTime, Engine, Integer, String, Text, func, select
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from whyrec.core.errors import WhyrecError
 from whyrec.core.protocol import CatalogAction, CatalogChange, CatalogItem
 from whyrec.pipeline import Recommender
-from whyrec.service.store import DatabaseUnavailable
+from whyrec.service.store import DATABASE_DOWN, DatabaseUnavailable, utc
 
 POLL_S = 2.0  # how stale a replica's catalog may be: it looks for others' changes at most this often
 
@@ -37,10 +36,6 @@ class _CatalogChangeRow(_Base):
     item: Mapped[str | None] = mapped_column(Text, nullable=True)  # CatalogItem as JSON, for an addition
     staff_user: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-# Errors that mean the database cannot be reached now (as in whyrec.service.store).
-_DOWN = (OperationalError, InterfaceError)
 
 
 class CatalogChangeLog:
@@ -77,7 +72,7 @@ class CatalogChangeLog:
                 _Base.metadata.create_all(self.engine)
                 self._table_ready = True
             yield
-        except _DOWN as exc:
+        except DATABASE_DOWN as exc:
             url = self.engine.url.render_as_string(hide_password=True)
             raise DatabaseUnavailable(f"the database {url} is unavailable ({type(exc).__name__}); {what} needs it") from None
 
@@ -169,8 +164,7 @@ def replayed(item_ids: Iterable[str], changes: Iterable[CatalogChange]) -> tuple
 
 
 def _change(row: _CatalogChangeRow) -> CatalogChange:
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)  # SQLite keeps no zone
     return CatalogChange(
         change_id=row.id, action=CatalogAction(row.action), item_id=row.item_id, item=CatalogItem.model_validate_json(row.item) if row.item else None,
-        staff_user=row.staff_user, created_at=created,
+        staff_user=row.staff_user, created_at=utc(row.created_at),
     )

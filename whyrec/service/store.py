@@ -99,7 +99,7 @@ class _Feedback(_Base):
     impression_id: Mapped[str | None] = mapped_column(ForeignKey("impressions.id"), nullable=True)
 
 
-def _utc(value: datetime) -> datetime:
+def utc(value: datetime) -> datetime:
     """SQLite gives naive datetimes back; everything stored is UTC."""
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
@@ -137,7 +137,7 @@ class Store:
         self.rejected = 0  # queued records the database refused on replay (e.g. feedback on an unknown impression)
         try:
             self._ensure_schema()
-        except _DOWN as exc:
+        except DATABASE_DOWN as exc:
             _warn(f"database {self.display_url} unavailable at start ({_short(exc)}): writes are queued until it answers")
         if len(self._queue):
             self._start_flusher()
@@ -164,7 +164,7 @@ class Store:
             while (entry := self._queue.peek()) is not None:
                 try:
                     _WRITERS[entry.kind](self, entry.record)
-                except _DOWN:
+                except DATABASE_DOWN:
                     raise
                 except (DBAPIError, WhyrecError) as exc:
                     self.rejected += 1
@@ -262,16 +262,16 @@ class Store:
                 select(_Event).where(
                     _Event.user_id.in_({r.user_id for r in rows}),
                     _Event.kind.in_(engaging),
-                    _Event.created_at >= _as_utc(_utc(rows[0].served_at)),
-                    _Event.created_at <= _as_utc(_utc(rows[-1].served_at) + window),
+                    _Event.created_at >= _as_utc(utc(rows[0].served_at)),
+                    _Event.created_at <= _as_utc(utc(rows[-1].served_at) + window),
                 )
             ).all()
         by_user: dict[str, list[tuple[datetime, str]]] = {}
         for e in events:
-            by_user.setdefault(e.user_id, []).append((_utc(e.created_at), e.item_id))
+            by_user.setdefault(e.user_id, []).append((utc(e.created_at), e.item_id))
         slates = []
         for row in rows:
-            served_at, items = _utc(row.served_at), tuple(shown.get(row.id, ()))
+            served_at, items = utc(row.served_at), tuple(shown.get(row.id, ()))
             engaged = frozenset(
                 item for at, item in by_user.get(row.user_id, []) if served_at <= at <= served_at + window and item in items
             )
@@ -282,18 +282,18 @@ class Store:
 
     def add_event(self, user_id: str, item_id: str, kind: EventKind, at: datetime | None = None) -> EventRecord:
         """`at` backdates an event imported from elsewhere; default now."""
-        row = _Event(created_at=_utc(at) if at else _now(), user_id=user_id, item_id=item_id, kind=kind.value)
+        row = _Event(created_at=utc(at) if at else _now(), user_id=user_id, item_id=item_id, kind=kind.value)
         queued = EventRecord(event_id=None, created_at=row.created_at, user_id=user_id, item_id=item_id, kind=kind, queued=True)
         if self._write("event", queued, lambda: self._add(row)):
             return queued
-        return EventRecord(event_id=row.id, created_at=_utc(row.created_at), user_id=user_id, item_id=item_id, kind=kind)
+        return EventRecord(event_id=row.id, created_at=utc(row.created_at), user_id=user_id, item_id=item_id, kind=kind)
 
     def event_count(self, user_id: str) -> int:
         """The shopper's stored events plus queued ones (only the queued ones while the database is unavailable)."""
         try:
             with self._session() as session:
                 stored = session.scalar(select(func.count()).select_from(_Event).where(_Event.user_id == user_id)) or 0
-        except _DOWN:
+        except DATABASE_DOWN:
             stored = 0
         return stored + len(self._queue.find("event", lambda r: r.user_id == user_id))
 
@@ -324,12 +324,12 @@ class Store:
                         )
                     ).all()
                 ]
-        except _DOWN:
+        except DATABASE_DOWN:
             events, feedback = [], []  # recommendations go on from the loaded history and what is queued
         events += self._queue.find("event", lambda r: r.user_id == user_id)
         feedback += self._queue.find("feedback", lambda r: r.user_id == user_id)
         return ShopperOverlay(
-            events=tuple(Interaction(user_id, e.item_id, e.kind, _utc(e.created_at)) for e in events),
+            events=tuple(Interaction(user_id, e.item_id, e.kind, utc(e.created_at)) for e in events),
             not_interested=frozenset(f.item_id for f in feedback if f.kind is FeedbackKind.NOT_INTERESTED and f.item_id),
             excluded_history=frozenset(f.item_id for f in feedback if f.kind is FeedbackKind.EXCLUDE_PURCHASE and f.item_id),
         )
@@ -355,7 +355,7 @@ class Store:
             try:
                 write()
                 return False
-            except _DOWN as exc:
+            except DATABASE_DOWN as exc:
                 _warn(f"database {self.display_url} unavailable ({_short(exc)}): queueing writes")
         if not self._queue.put(kind, record):
             raise DatabaseUnavailable(
@@ -375,7 +375,7 @@ class Store:
         while not self._stop.wait(self._retry_s):
             try:
                 self.flush()
-            except _DOWN:
+            except DATABASE_DOWN:
                 continue
             except Exception as exc:  # noqa: BLE001 - the thread must not die with records queued
                 _warn(f"writing queued records failed ({_short(exc)}); retrying")
@@ -395,7 +395,7 @@ class Store:
         try:
             self._ensure_schema()
             yield
-        except _DOWN as exc:
+        except DATABASE_DOWN as exc:
             raise DatabaseUnavailable(
                 f"the database {self.display_url} is unavailable ({_short(exc)}); {what} need it. "
                 f"{len(self._queue)} writes are queued and will be written when it returns"
@@ -404,7 +404,7 @@ class Store:
 
 # Errors that mean "the database cannot be reached now" (connection refused, file cannot be opened,
 # locked, disk full), as opposed to a record it refuses.
-_DOWN = (OperationalError, InterfaceError)
+DATABASE_DOWN = (OperationalError, InterfaceError)
 
 
 def _write_impression(store: Store, record: ImpressionRecord) -> None:
@@ -435,7 +435,7 @@ def _short(exc: BaseException) -> str:
 
 
 def _as_event_record(row: _Event) -> EventRecord:
-    return EventRecord(event_id=row.id, created_at=_utc(row.created_at), user_id=row.user_id, item_id=row.item_id, kind=EventKind(row.kind))
+    return EventRecord(event_id=row.id, created_at=utc(row.created_at), user_id=row.user_id, item_id=row.item_id, kind=EventKind(row.kind))
 
 
 _WRITE = "whyrec_write"  # execution option of the write sessions' connections
@@ -485,7 +485,7 @@ def _impression_row(record: ImpressionRecord) -> _Impression:
 def _impression_record(row: _Impression) -> ImpressionRecord:
     return ImpressionRecord(
         impression_id=row.id,
-        served_at=_utc(row.served_at),
+        served_at=utc(row.served_at),
         user_id=row.user_id,
         kind=row.kind,
         history=list(row.history),
@@ -496,7 +496,7 @@ def _impression_record(row: _Impression) -> ImpressionRecord:
 def _feedback_record(row: _Feedback) -> FeedbackRecord:
     return FeedbackRecord(
         feedback_id=row.id,
-        created_at=_utc(row.created_at),
+        created_at=utc(row.created_at),
         user_id=row.user_id,
         kind=FeedbackKind(row.kind),
         item_id=row.item_id,
